@@ -1,0 +1,153 @@
+"""Deployment settings (environment) and per-request inference parameters."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+from errors import InvalidParameters, ModelLoadError
+
+DEFAULT_ASR_MODEL = "models/whisper-base"
+
+
+class ModelSettings(BaseSettings):
+    """What a deployment loads, read once from environment variables (or a ``.env`` file).
+
+    On HF Inference Endpoints these are the endpoint's env vars and secrets.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", protected_namespaces=())
+
+    asr_model: str = Field(DEFAULT_ASR_MODEL, description="Hub id or local directory of a Whisper checkpoint.")
+    assistant_model: str | None = Field(None, description="Draft model for speculative decoding (distil-whisper).")
+    diarization_model: str | None = Field(None, description="pyannote pipeline: hub id or local directory.")
+    hf_token: SecretStr | None = Field(None, validation_alias=AliasChoices("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "hf_token"))
+    device: str | None = Field(None, description="cuda, cuda:1, cpu… (default: cuda when available).")
+    dtype: Literal["float16", "bfloat16", "float32"] | None = Field(None, description="Default: float16 on GPU, float32 on CPU.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longer audio is refused (413).")
+    torch_threads: int | None = Field(None, ge=1, description="Intra-op CPU threads (default: torch's choice).")
+
+    @field_validator("assistant_model", "diarization_model", "hf_token", "device", "dtype", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # Endpoint UIs and shells often pass an empty string for "not set".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device:
+            return self.device
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self):
+        import torch
+
+        if self.dtype:
+            return getattr(torch, self.dtype)
+        return torch.float16 if self.resolved_device().startswith("cuda") else torch.float32
+
+    def token(self) -> str | None:
+        return self.hf_token.get_secret_value() if self.hf_token else None
+
+
+def locate_model(name: str, base_dir: str | Path) -> str:
+    """A local directory (absolute, or relative to the repo dir or the cwd) or else a hub id.
+
+    Names that look like paths but exist nowhere fail here, with the fix, instead of as a confusing
+    hub lookup."""
+    for candidate in (Path(name), Path(base_dir) / name):
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    if name.startswith((".", "/", "~")) or name.startswith("models/") or name.count("/") > 1:
+        raise ModelLoadError(f"model directory {name!r} not found (looked in {Path(base_dir).resolve()} and the working directory); run `make models` or set the env var to a hub id")
+    return name
+
+
+class Task(str, Enum):
+    transcribe = "transcribe"
+    translate = "translate"
+
+
+class Timestamps(str, Enum):
+    none = "none"
+    segment = "segment"
+    word = "word"
+
+
+class InferenceConfig(BaseModel):
+    """Per-request parameters (the ``parameters`` object of a request). Unknown names are errors."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+    task: Task = Task.transcribe
+    batch_size: int = Field(24, ge=1, le=256, description="Chunks decoded per forward pass.")
+    assisted: bool = Field(False, description="Speculative decoding with the assistant model.")
+    chunk_length_s: float = Field(30.0, gt=0, le=30, description="Window of chunked long-form decoding.")
+    sampling_rate: int = Field(16000, ge=1000, le=384000, description="Rate of raw PCM sample arrays.")
+    language: str | None = Field(None, description="Language code or name; None detects it.")
+    timestamps: Timestamps = Field(Timestamps.segment, description="none | segment | word")
+    diarize: bool | None = Field(None, description="None: diarize when a diarization model is loaded.")
+    num_speakers: int | None = Field(None, ge=1, le=64)
+    min_speakers: int | None = Field(None, ge=1, le=64)
+    max_speakers: int | None = Field(None, ge=1, le=64)
+    temperature: float = Field(0.0, ge=0.0, le=1.0, description="0 decodes greedily.")
+    prompt: str | None = Field(None, max_length=2000, description="Text that conditions the decoder (style, spelling).")
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _language_code(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto", "detect")):
+            return None
+        if not isinstance(value, str):
+            return value
+        key = value.strip().lower().removeprefix("<|").removesuffix("|>")
+        if key in LANGUAGES:
+            return key
+        if key in TO_LANGUAGE_CODE:
+            return TO_LANGUAGE_CODE[key]
+        raise ValueError(f"unknown language {value!r}; use a code such as 'en', 'fr', 'de' or a name such as 'french'")
+
+    @model_validator(mode="after")
+    def _consistent_speakers(self) -> "InferenceConfig":
+        if self.num_speakers is not None and (self.min_speakers is not None or self.max_speakers is not None):
+            raise ValueError("num_speakers cannot be combined with min_speakers/max_speakers")
+        if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
+            raise ValueError(f"min_speakers ({self.min_speakers}) is greater than max_speakers ({self.max_speakers})")
+        if self.diarize is False and any(v is not None for v in (self.num_speakers, self.min_speakers, self.max_speakers)):
+            raise ValueError("speaker counts were given but diarize is false")
+        return self
+
+    @property
+    def speaker_constraints(self) -> dict[str, int]:
+        return {k: v for k, v in (("num_speakers", self.num_speakers), ("min_speakers", self.min_speakers), ("max_speakers", self.max_speakers)) if v is not None}
+
+    @classmethod
+    def parse(cls, parameters: Any) -> "InferenceConfig":
+        """Validate user parameters into a config, with errors that name each bad field."""
+        if parameters is None:
+            return cls()
+        if not isinstance(parameters, dict):
+            raise InvalidParameters(f"'parameters' must be a JSON object, got {type(parameters).__name__}")
+        try:
+            return cls.model_validate(parameters)
+        except ValidationError as error:
+            raise InvalidParameters(describe_validation_error(error, sorted(cls.model_fields))) from None
+
+
+def describe_validation_error(error: ValidationError, valid_names: list[str]) -> str:
+    """One readable line per problem; unknown names list the valid ones (a typo must not pass)."""
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in item["loc"]) or "parameters"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown parameter {where!r} (valid: {', '.join(valid_names)})")
+        else:
+            problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    return "invalid parameters: " + "; ".join(problems)

@@ -1,0 +1,50 @@
+"""The errors a request can end in, each with the HTTP status it maps to.
+
+One place for error mapping: the handler raises these, ``server.py`` turns them into status codes,
+and the HF serving runtime (which answers 400 for any exception) shows their message as it is.
+Messages name the problem and never carry a token or a stack trace.
+"""
+
+from __future__ import annotations
+
+
+class EndpointError(Exception):
+    """Base class; ``status_code`` is what the HTTP server answers."""
+
+    status_code = 500
+    kind = "inference_error"
+
+
+class InvalidParameters(EndpointError, ValueError):
+    status_code = 422
+    kind = "invalid_parameters"
+
+
+class AudioDecodeError(EndpointError, ValueError):
+    status_code = 400
+    kind = "audio_decode_error"
+
+
+class UnsupportedMediaType(EndpointError, ValueError):
+    status_code = 415
+    kind = "unsupported_media_type"
+
+
+class AudioTooLong(EndpointError, ValueError):
+    status_code = 413
+    kind = "audio_too_long"
+
+
+class ModelNotConfigured(EndpointError, ValueError):
+    """A request asked for a model the deployment does not have (assistant, diarization)."""
+
+    status_code = 422
+    kind = "model_not_configured"
+
+
+class ModelLoadError(EndpointError, RuntimeError):
+    kind = "model_load_error"
+
+
+class InferenceError(EndpointError, RuntimeError):
+    kind = "inference_error"

@@ -1,0 +1,59 @@
+"""The shapes a transcription takes on its way out: words, chunks, speaker turns, the response."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Word(BaseModel):
+    text: str
+    start: float
+    end: float
+    speaker: str | None = None
+
+
+class Chunk(BaseModel):
+    """A segment of the transcript, as the transformers pipeline and the blog handler return it."""
+
+    text: str
+    timestamp: tuple[float, float]
+    speaker: str | None = None
+
+
+class SpeakerSegment(BaseModel):
+    """One turn of diarization output: who spoke from ``start`` to ``end`` (seconds)."""
+
+    speaker: str
+    start: float
+    end: float
+
+
+class SpeakerTurn(BaseModel):
+    speaker: str
+    text: str
+    timestamp: tuple[float, float]
+    words: list[Word] | None = None
+
+
+class Transcript(BaseModel):
+    """What the ASR engine produces for one audio."""
+
+    text: str
+    chunks: list[Chunk] = Field(default_factory=list)
+    words: list[Word] | None = None
+    language: str | None = None
+    strategy: str = Field(description="How decoding ran, e.g. 'batched' or 'assisted-sequential'.")
+
+
+class TranscriptionResponse(BaseModel):
+    """The handler's answer (JSON-serializable via ``model_dump``)."""
+
+    text: str
+    chunks: list[Chunk]
+    speakers: list[SpeakerTurn]
+    language: str | None
+    duration: float = Field(description="Seconds of audio transcribed.")
+    words: list[Word] | None = Field(None, description="Present with timestamps='word' (and speaker labels when diarized).")
+    strategy: str = Field(description="Decoding strategy that ran.")
+    num_speakers: int = 0
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds spent per stage.")
