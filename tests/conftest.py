@@ -1,0 +1,125 @@
+"""Shared fixtures: the real dev data, real models, and live servers on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_DIR))
+
+# The shared dev data sits beside the repository (../shared/data); ASR_DATA_DIR overrides.
+DATA_DIR = Path(os.environ.get("ASR_DATA_DIR", REPO_DIR.parent / "shared" / "data"))
+MODELS_DIR = REPO_DIR / "models"
+BASE_MODEL = MODELS_DIR / "whisper-base"
+TINY_EN_MODEL = MODELS_DIR / "whisper-tiny.en"
+DIARIZATION_MODEL = MODELS_DIR / "pyannote-diarization"
+
+
+def load_manifest(name: str) -> list[dict]:
+    """Rows of ``DATA_DIR/<name>/manifest.jsonl`` with ``audio`` made absolute."""
+    manifest = DATA_DIR / name / "manifest.jsonl"
+    if not manifest.exists():
+        raise FileNotFoundError(f"dev data not found at {manifest}; set ASR_DATA_DIR")
+    rows = []
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            for key in ("audio", "rttm", "uem", "stm"):
+                if row.get(key):
+                    row[key] = str(DATA_DIR / name / row[key])
+            rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def jfk_flac() -> bytes:
+    return (DATA_DIR / "asr_short" / "jfk" / "jfk_openai.flac").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def base_settings():
+    from config import ModelSettings
+
+    return ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), assistant_model=None, diarization_model=None, hf_token=None)
+
+
+@pytest.fixture(scope="session")
+def handler(base_settings):
+    """One real Whisper-base handler (no assistant, no diarization) for the whole session."""
+    from handler import EndpointHandler
+
+    return EndpointHandler(str(REPO_DIR), settings=base_settings)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """``uvicorn server:app`` in a subprocess on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], startup_timeout: float = 300.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = REPO_DIR / ".pytest_cache" / f"server-{self.port}.log"
+        self.log_path.parent.mkdir(exist_ok=True)
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen([sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(self.port)], cwd=REPO_DIR, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server not ready after {startup_timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-5000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Iterator:
+    """Factory: ``start_server({"ENV": "value"})`` → a ready LiveServer, stopped at session end."""
+    servers: list[LiveServer] = []
+
+    def start(env: dict[str, str] | None = None) -> LiveServer:
+        defaults = {"ASR_MODEL": str(BASE_MODEL), "ASSISTANT_MODEL": "", "DIARIZATION_MODEL": "", "API_KEY": ""}
+        server = LiveServer({**defaults, **(env or {})})
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
