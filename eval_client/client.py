@@ -1,0 +1,282 @@
+"""HTTP client for ASR endpoints: three protocols, retries with backoff, honest failure outcomes.
+
+Unlike lmms-eval's ``whisper_tt`` client, a request that finally fails is returned as a failed
+``RequestOutcome`` (error kind, message, every attempt) — never as an empty transcript.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import io
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+import soundfile
+from pydantic import BaseModel, Field
+
+Protocol = Literal["hf", "openai", "tt"]
+WavEncoding = Literal["float32", "int16"]
+# Why a request attempt failed; the retryable kinds are the transient ones.
+ErrorKind = Literal["timeout", "connection", "http_429", "http_5xx", "http_4xx", "bad_response"]
+RETRYABLE: frozenset[str] = frozenset({"timeout", "connection", "http_429", "http_5xx"})
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+
+
+def encode_audio_to_base64_wav(array: np.ndarray, sr: int, encoding: WavEncoding = "float32") -> str:
+    """Samples → base64 WAV: 32-bit float IEEE (what lmms-eval sends) or 16-bit PCM (half the size)."""
+    buffer = io.BytesIO()
+    subtype = "FLOAT" if encoding == "float32" else "PCM_16"
+    soundfile.write(buffer, np.asarray(array, dtype=np.float32), sr, format="WAV", subtype=subtype)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class SpeakerSegment(BaseModel):
+    speaker: str
+    start: float
+    end: float
+
+
+class Attempt(BaseModel):
+    """One try of a request: what came back and how long we waited before it."""
+
+    status: int | None = None
+    error_kind: ErrorKind | None = None
+    error: str | None = None
+    latency_s: float
+    waited_before_s: float = 0.0
+
+
+class RequestOutcome(BaseModel):
+    """The result of one transcription request after all its retries."""
+
+    ok: bool
+    text: str | None = None  # None when the request failed, "" only when the server said so
+    speakers: list[SpeakerSegment] = Field(default_factory=list)
+    error_kind: ErrorKind | None = None
+    error: str | None = None
+    attempts: list[Attempt]
+    latency_s: float | None = Field(None, description="Duration of the successful attempt.")
+    elapsed_s: float = Field(description="Wall time including retries and backoff.")
+
+
+class BadResponse(ValueError):
+    """A 2xx answer we cannot read a transcript from."""
+
+
+def parse_transcription(body: Any) -> tuple[str, list[SpeakerSegment]]:
+    """Text and speaker turns from any of the response shapes we meet.
+
+    ``text`` / ``transcription`` / ``result`` (lmms-eval's order), a plain string (OpenAI
+    ``response_format=text``), our diarized ``speakers`` with ``timestamp``, and tt-media-server
+    ``segments`` with ``speaker``/``start_time``/``end_time``. Anything else is a BadResponse.
+    """
+    if isinstance(body, str):
+        return body, []
+    if not isinstance(body, dict):
+        raise BadResponse(f"expected a JSON object, got {type(body).__name__}")
+    speakers = _speaker_segments(body)
+    for key in ("text", "transcription", "result"):
+        if isinstance(body.get(key), str):  # presence, not truthiness: "" is a valid transcript of silence
+            return body[key], speakers
+    if isinstance(body.get("speakers"), list) and body["speakers"]:
+        return " ".join(str(turn.get("text", "")).strip() for turn in body["speakers"]), speakers
+    raise BadResponse(f"no transcript in response keys {sorted(body)[:10]}")
+
+
+def _speaker_segments(body: dict) -> list[SpeakerSegment]:
+    segments = []
+    for turn in body.get("speakers") or []:
+        if isinstance(turn, dict) and "speaker" in turn and turn.get("timestamp"):
+            start, end = turn["timestamp"][0], turn["timestamp"][1]
+            if start is not None and end is not None:
+                segments.append(SpeakerSegment(speaker=str(turn["speaker"]), start=start, end=end))
+    for seg in body.get("segments") or []:
+        if isinstance(seg, dict) and seg.get("speaker") is not None:
+            start, end = seg.get("start_time", seg.get("start")), seg.get("end_time", seg.get("end"))
+            if start is not None and end is not None:
+                segments.append(SpeakerSegment(speaker=str(seg["speaker"]), start=float(start), end=float(end)))
+    return segments
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class ClientConfig(BaseModel):
+    base_url: str = Field(default_factory=lambda: os.environ.get("OPENAI_API_BASE") or DEFAULT_BASE_URL)
+    # Never a default secret: only what the caller or the environment provides.
+    api_key: str | None = Field(default_factory=lambda: os.environ.get("OPENAI_API_KEY") or os.environ.get("HF_TOKEN") or None, repr=False)
+    protocol: Protocol = "hf"
+    timeout_s: float = 300.0
+    max_retries: int = 3
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_retry_after_s: float = 120.0  # keeps a hostile Retry-After from stalling a run for hours
+    concurrency: int = 4
+    wav_encoding: WavEncoding = "float32"
+    language: str | None = None
+    model: str = "whisper-1"  # the OpenAI protocol's required form field
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Extra request parameters, sent per protocol.")
+
+
+class ASRClient:
+    """Transcribes audio arrays against one endpoint; ``transcribe_many`` runs them concurrently."""
+
+    def __init__(self, config: ClientConfig | None = None, **overrides: Any):
+        self.config = (config or ClientConfig()).model_copy(update=overrides)
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def transcribe_audio(self, array: np.ndarray, sr: int) -> RequestOutcome:
+        """Synchronous single request, with the same retries as the async path."""
+        return asyncio.run(self._transcribe_once(array, sr))
+
+    async def _transcribe_once(self, array: np.ndarray, sr: int) -> RequestOutcome:
+        async with self.http_client() as http:
+            return await self.atranscribe(http, array, sr)
+
+    def http_client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=self.config.concurrency)
+        return httpx.AsyncClient(timeout=self.config.timeout_s, limits=limits, headers=self._headers())
+
+    async def transcribe_many(self, arrays: Sequence[tuple[np.ndarray, int]]) -> list[RequestOutcome]:
+        """All ``(array, sr)`` pairs, at most ``concurrency`` in flight; outcomes in input order."""
+        outcomes: list[RequestOutcome | None] = [None] * len(arrays)
+        async for index, outcome in self.stream(len(arrays), lambda i: _ready(arrays[i])):
+            outcomes[index] = outcome
+        return outcomes  # type: ignore[return-value]
+
+    async def stream(self, count: int, load: Callable[[int], Awaitable[tuple[np.ndarray, int]]]) -> AsyncIterator[tuple[int, RequestOutcome]]:
+        """Yield ``(index, outcome)`` as requests finish; ``load(i)`` is awaited only when a slot is free,
+        so at most ``concurrency`` audios are in memory at once."""
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in range(count):
+            queue.put_nowait(index)
+        done: asyncio.Queue[tuple[int, RequestOutcome | Exception]] = asyncio.Queue()
+
+        async def worker(http: httpx.AsyncClient) -> None:
+            while not queue.empty():
+                index = queue.get_nowait()
+                try:
+                    array, sr = await load(index)
+                    await done.put((index, await self.atranscribe(http, array, sr)))
+                except Exception as error:  # e.g. an unreadable audio file: stop the run, don't hang it
+                    await done.put((index, error))
+
+        async with self.http_client() as http:
+            workers = [asyncio.create_task(worker(http)) for _ in range(min(self.config.concurrency, count))]
+            try:
+                for _ in range(count):
+                    index, result = await done.get()
+                    if isinstance(result, Exception):
+                        raise result
+                    yield index, result
+            finally:
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+
+    async def atranscribe(self, http: httpx.AsyncClient, array: np.ndarray, sr: int) -> RequestOutcome:
+        """One transcription with retries on timeouts, connection errors, 429 and 5xx; none on 4xx."""
+        wav_b64 = encode_audio_to_base64_wav(array, sr, self.config.wav_encoding)
+        attempts: list[Attempt] = []
+        started = time.perf_counter()
+        wait = 0.0
+        for attempt_number in range(self.config.max_retries + 1):
+            if wait:
+                await self.sleep(wait)
+            attempt, parsed, retry_after = await self._attempt(http, wav_b64)
+            attempt.waited_before_s = wait
+            attempts.append(attempt)
+            if parsed is not None:
+                text, speakers = parsed
+                return RequestOutcome(ok=True, text=text, speakers=speakers, attempts=attempts, latency_s=attempt.latency_s, elapsed_s=time.perf_counter() - started)
+            if attempt.error_kind not in RETRYABLE:
+                break
+            wait = self.backoff(attempt_number, retry_after)
+        last = attempts[-1]
+        return RequestOutcome(ok=False, error_kind=last.error_kind, error=last.error, attempts=attempts, elapsed_s=time.perf_counter() - started)
+
+    def backoff(self, attempt_number: int, retry_after: float | None) -> float:
+        """Seconds before the next try: the server's Retry-After when it gave one, else exponential
+        backoff with equal jitter (half fixed, half random) so concurrent clients spread out."""
+        if retry_after is not None:
+            return min(retry_after, self.config.max_retry_after_s)
+        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt_number)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    async def _attempt(self, http: httpx.AsyncClient, wav_b64: str) -> tuple[Attempt, tuple[str, list[SpeakerSegment]] | None, float | None]:
+        url, request_kwargs = self._request(wav_b64)
+        start = time.perf_counter()
+        try:
+            response = await http.post(url, **request_kwargs)
+        except httpx.TimeoutException as error:
+            return Attempt(error_kind="timeout", error=f"{type(error).__name__}: {error}", latency_s=time.perf_counter() - start), None, None
+        except httpx.TransportError as error:  # refused, reset, closed mid-response, protocol garbage
+            return Attempt(error_kind="connection", error=f"{type(error).__name__}: {error}", latency_s=time.perf_counter() - start), None, None
+        latency = time.perf_counter() - start
+        status = response.status_code
+        if status >= 400:
+            kind: ErrorKind = "http_429" if status == 429 else "http_5xx" if status >= 500 else "http_4xx"
+            return Attempt(status=status, error_kind=kind, error=f"HTTP {status}: {response.text[:300]}", latency_s=latency), None, retry_after_seconds(response.headers.get("retry-after"))
+        try:
+            parsed = parse_transcription(_body(response))
+        except BadResponse as error:
+            return Attempt(status=status, error_kind="bad_response", error=str(error), latency_s=latency), None, None
+        return Attempt(status=status, latency_s=latency), parsed, None
+
+    def _request(self, wav_b64: str) -> tuple[str, dict[str, Any]]:
+        base = self.config.base_url.rstrip("/")
+        params = self.config.parameters
+        if self.config.protocol == "hf":
+            parameters = {**({"language": self.config.language} if self.config.language else {}), **params}
+            return base + "/", {"json": {"inputs": wav_b64, "parameters": parameters}}
+        if self.config.protocol == "tt":
+            return base + "/audio/transcriptions", {"json": {"file": wav_b64, "stream": False, **params}}
+        # OpenAI: a base that already ends in /v1 (as OPENAI_API_BASE usually does) gets no second /v1.
+        url = base + ("/audio/transcriptions" if base.endswith("/v1") else "/v1/audio/transcriptions")
+        data = {"model": self.config.model, "response_format": "json", **{k: _form_value(v) for k, v in params.items()}}
+        if self.config.language:
+            data["language"] = self.config.language
+        files = {"file": ("audio.wav", base64.b64decode(wav_b64), "audio/wav")}
+        return url, {"data": data, "files": files}
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        return headers
+
+
+def _body(response: httpx.Response) -> Any:
+    if response.headers.get("content-type", "").startswith("text/plain"):
+        return response.text
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadResponse(f"invalid JSON ({error}): {response.text[:100]!r}") from None
+
+
+def _form_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+async def _ready(pair: tuple[np.ndarray, int]) -> tuple[np.ndarray, int]:
+    return pair
