@@ -98,6 +98,8 @@ def _speaker_segments(body: dict) -> list[SpeakerSegment]:
             start, end = turn["timestamp"][0], turn["timestamp"][1]
             if start is not None and end is not None:
                 segments.append(SpeakerSegment(speaker=str(turn["speaker"]), start=start, end=end))
+    if segments:  # our diarized turns; tt-style segments (often also present) would count every turn twice
+        return segments
     for seg in body.get("segments") or []:
         if isinstance(seg, dict) and seg.get("speaker") is not None:
             start, end = seg.get("start_time", seg.get("start")), seg.get("end_time", seg.get("end"))
