@@ -151,3 +151,26 @@ def describe_validation_error(error: ValidationError, valid_names: list[str]) ->
         else:
             problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
     return "invalid parameters: " + "; ".join(problems)
+
+
+class ServerSettings(BaseSettings):
+    """The HTTP server's own settings (``server.py``), read once from environment variables or ``.env``.
+
+    Model choice stays in ``ModelSettings``: the same variables configure the handler on Inference
+    Endpoints and in this server.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    api_key: SecretStr | None = Field(None, description="When set, every route but /health requires `Authorization: Bearer <key>`.")
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Larger request bodies are refused (413); tt-media-server's cap is 50 MB.")
+    max_queue_depth: int = Field(256, ge=0, description="Requests allowed to wait for a worker; beyond that, 503 + Retry-After.")
+    inference_workers: int = Field(1, ge=1, description="Threads running the handler; it is not guaranteed thread-safe, so 1 unless you know better.")
+    retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 503 (queue full, models loading).")
+    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty disables CORS.")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: Any) -> Any:
+        # API_KEY="" must mean "no auth", not "the empty string is the key".
+        return None if isinstance(value, str) and not value.strip() else value
