@@ -82,13 +82,15 @@ class LiveServer:
         self.log_path.parent.mkdir(exist_ok=True)
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         self._log = self.log_path.open("w")
+        self.startup_health: list[int] = []  # /health status codes seen while the server started
         self.process = subprocess.Popen([sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(self.port)], cwd=REPO_DIR, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                self.startup_health.append(httpx.get(f"{self.url}/health", timeout=2).status_code)
+                if self.startup_health[-1] == 200:
                     return
             except httpx.HTTPError:
                 pass
