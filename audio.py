@@ -12,7 +12,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from errors import AudioDecodeError, AudioTooLong
+from errors import AudioDecodeError, AudioTooLong, EndpointError
 
 TARGET_SAMPLING_RATE = 16000
 
@@ -118,7 +118,7 @@ def _decode_with_av(data: bytes, max_seconds: float | None) -> tuple[np.ndarray,
                 _check_duration(decoded / TARGET_SAMPLING_RATE, max_seconds)
             for out in resampler.resample(None):
                 pieces.append(out.to_ndarray().reshape(-1))
-    except AudioDecodeError:
+    except EndpointError:  # ours (no audio stream, too long): already clear
         raise
     except (av.FFmpegError, ValueError, IndexError) as error:
         raise AudioDecodeError(f"could not decode the audio: not a supported audio format ({_first_bytes(data)}; {error})") from None
