@@ -21,8 +21,12 @@ models: install
 	$(PY) scripts/materialize_models.py
 
 # The server on the offline default models (Whisper base + the offline pyannote pipeline).
+# Override like `make serve ASR_MODEL=openai/whisper-large-v3 DIARIZATION_MODEL=`. The diarization
+# default is looked up when serve runs (deferred), i.e. after `models` has built the pipeline.
+ASR_MODEL ?= models/whisper-base
+DIARIZATION_MODEL ?= $(shell test -d models/pyannote-diarization && echo models/pyannote-diarization)
 serve: models
-	$(PY) -m uvicorn server:app --host $(HOST) --port $(PORT)
+	ASR_MODEL="$(ASR_MODEL)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" $(PY) -m uvicorn server:app --host $(HOST) --port $(PORT)
 
 test: models
 	$(PY) -m pytest tests
