@@ -145,11 +145,12 @@ def describe_validation_error(error: ValidationError, valid_names: list[str]) ->
     """One readable line per problem; unknown names list the valid ones (a typo must not pass)."""
     problems = []
     for item in error.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in item["loc"]) or "parameters"
+        where = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             problems.append(f"unknown parameter {where!r} (valid: {', '.join(valid_names)})")
         else:
-            problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+            problems.append(f"{where}: {message}" if where else message)
     return "invalid parameters: " + "; ".join(problems)
 
 
