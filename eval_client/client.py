@@ -30,12 +30,16 @@ RETRYABLE: frozenset[str] = frozenset({"timeout", "connection", "http_429", "htt
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
 
-def encode_audio_to_base64_wav(array: np.ndarray, sr: int, encoding: WavEncoding = "float32") -> str:
-    """Samples → base64 WAV: 32-bit float IEEE (what lmms-eval sends) or 16-bit PCM (half the size)."""
+def encode_wav(array: np.ndarray, sr: int, encoding: WavEncoding = "float32") -> bytes:
+    """Samples → WAV file bytes: 32-bit float IEEE (what lmms-eval sends) or 16-bit PCM (half the size)."""
     buffer = io.BytesIO()
     subtype = "FLOAT" if encoding == "float32" else "PCM_16"
     soundfile.write(buffer, np.asarray(array, dtype=np.float32), sr, format="WAV", subtype=subtype)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def encode_audio_to_base64_wav(array: np.ndarray, sr: int, encoding: WavEncoding = "float32") -> str:
+    return base64.b64encode(encode_wav(array, sr, encoding)).decode("ascii")
 
 
 class SpeakerSegment(BaseModel):
@@ -128,11 +132,11 @@ class ClientConfig(BaseModel):
     api_key: str | None = Field(default_factory=lambda: os.environ.get("OPENAI_API_KEY") or os.environ.get("HF_TOKEN") or None, repr=False)
     protocol: Protocol = "hf"
     timeout_s: float = 300.0
-    max_retries: int = 3
+    max_retries: int = Field(3, ge=0)
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     max_retry_after_s: float = 120.0  # keeps a hostile Retry-After from stalling a run for hours
-    concurrency: int = 4
+    concurrency: int = Field(4, ge=1)
     wav_encoding: WavEncoding = "float32"
     language: str | None = None
     model: str = "whisper-1"  # the OpenAI protocol's required form field
@@ -144,7 +148,6 @@ class ASRClient:
 
     def __init__(self, config: ClientConfig | None = None, **overrides: Any):
         self.config = (config or ClientConfig()).model_copy(update=overrides)
-        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def transcribe_audio(self, array: np.ndarray, sr: int) -> RequestOutcome:
         """Synchronous single request, with the same retries as the async path."""
@@ -197,14 +200,14 @@ class ASRClient:
 
     async def atranscribe(self, http: httpx.AsyncClient, array: np.ndarray, sr: int) -> RequestOutcome:
         """One transcription with retries on timeouts, connection errors, 429 and 5xx; none on 4xx."""
-        wav_b64 = encode_audio_to_base64_wav(array, sr, self.config.wav_encoding)
+        wav = encode_wav(array, sr, self.config.wav_encoding)
         attempts: list[Attempt] = []
         started = time.perf_counter()
         wait = 0.0
         for attempt_number in range(self.config.max_retries + 1):
             if wait:
-                await self.sleep(wait)
-            attempt, parsed, retry_after = await self._attempt(http, wav_b64)
+                await asyncio.sleep(wait)
+            attempt, parsed, retry_after = await self._attempt(http, wav)
             attempt.waited_before_s = wait
             attempts.append(attempt)
             if parsed is not None:
@@ -224,8 +227,8 @@ class ASRClient:
         ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt_number)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    async def _attempt(self, http: httpx.AsyncClient, wav_b64: str) -> tuple[Attempt, tuple[str, list[SpeakerSegment]] | None, float | None]:
-        url, request_kwargs = self._request(wav_b64)
+    async def _attempt(self, http: httpx.AsyncClient, wav: bytes) -> tuple[Attempt, tuple[str, list[SpeakerSegment]] | None, float | None]:
+        url, request_kwargs = self._request(wav)
         start = time.perf_counter()
         try:
             response = await http.post(url, **request_kwargs)
@@ -244,20 +247,20 @@ class ASRClient:
             return Attempt(status=status, error_kind="bad_response", error=str(error), latency_s=latency), None, None
         return Attempt(status=status, latency_s=latency), parsed, None
 
-    def _request(self, wav_b64: str) -> tuple[str, dict[str, Any]]:
+    def _request(self, wav: bytes) -> tuple[str, dict[str, Any]]:
         base = self.config.base_url.rstrip("/")
         params = self.config.parameters
         if self.config.protocol == "hf":
             parameters = {**({"language": self.config.language} if self.config.language else {}), **params}
-            return base + "/", {"json": {"inputs": wav_b64, "parameters": parameters}}
+            return base + "/", {"json": {"inputs": _b64(wav), "parameters": parameters}}
         if self.config.protocol == "tt":
-            return base + "/audio/transcriptions", {"json": {"file": wav_b64, "stream": False, **params}}
+            return base + "/audio/transcriptions", {"json": {"file": _b64(wav), "stream": False, **params}}
         # OpenAI: a base that already ends in /v1 (as OPENAI_API_BASE usually does) gets no second /v1.
         url = base + ("/audio/transcriptions" if base.endswith("/v1") else "/v1/audio/transcriptions")
         data = {"model": self.config.model, "response_format": "json", **{k: _form_value(v) for k, v in params.items()}}
         if self.config.language:
             data["language"] = self.config.language
-        files = {"file": ("audio.wav", base64.b64decode(wav_b64), "audio/wav")}
+        files = {"file": ("audio.wav", wav, "audio/wav")}
         return url, {"data": data, "files": files}
 
     def _headers(self) -> dict[str, str]:
@@ -274,6 +277,10 @@ def _body(response: httpx.Response) -> Any:
         return response.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BadResponse(f"invalid JSON ({error}): {response.text[:100]!r}") from None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _form_value(value: Any) -> str:
