@@ -232,33 +232,6 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 # --- middleware: auth and metrics around everything; the upload limit inside ----------------------
 
-OPEN_PATHS = {"/health"}
-
-
-@app.middleware("http")
-async def authenticate_and_measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    started = time.perf_counter()
-    if settings.api_key and request.url.path not in OPEN_PATHS and not authorized(request):
-        response: Response = error_response(request, Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'"))
-    else:
-        try:
-            response = await call_next(request)
-        except Exception:  # a bug outside the handler: log it, answer without the traceback
-            logger.exception("unhandled error on %s", request.url.path)
-            response = error_response(request, InferenceError("internal server error"))
-    route = request.scope.get("route")
-    label = getattr(route, "path", "unmatched")
-    REQUESTS.labels(label, request.method, str(response.status_code)).inc()
-    LATENCY.labels(label).observe(time.perf_counter() - started)
-    return response
-
-
-def authorized(request: Request) -> bool:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = settings.api_key.get_secret_value().encode()
-    # Constant time, so the key cannot be guessed byte by byte from response times.
-    return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), expected)
-
 
 class UploadLimit:
     """413 for bodies over ``max_bytes``: at once from Content-Length, or as a chunked body grows."""
@@ -287,8 +260,39 @@ class UploadLimit:
         await self.app(scope, limited_receive, send)
 
 
-# Added first = innermost: the limit's exception reaches the route's exception handler.
+# Middleware added first sits innermost: the limit's exception then reaches the route's exception
+# handler; CORS goes last (outermost) so preflight requests are answered before auth.
 app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+
+
+OPEN_PATHS = {"/health"}
+
+
+@app.middleware("http")
+async def authenticate_and_measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    started = time.perf_counter()
+    if settings.api_key and request.url.path not in OPEN_PATHS and not authorized(request):
+        response: Response = error_response(request, Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'"))
+    else:
+        try:
+            response = await call_next(request)
+        except Exception:  # a bug outside the handler: log it, answer without the traceback
+            logger.exception("unhandled error on %s", request.url.path)
+            response = error_response(request, InferenceError("internal server error"))
+    route = request.scope.get("route")
+    label = getattr(route, "path", "unmatched")
+    REQUESTS.labels(label, request.method, str(response.status_code)).inc()
+    LATENCY.labels(label).observe(time.perf_counter() - started)
+    return response
+
+
+def authorized(request: Request) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    expected = settings.api_key.get_secret_value().encode()
+    # Constant time, so the key cannot be guessed byte by byte from response times.
+    return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), expected)
+
+
 if settings.cors_origins.strip():
     app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()], allow_methods=["*"], allow_headers=["*"])
 

@@ -1,0 +1,61 @@
+"""The response renderers on a diarized TranscriptionResponse (no model in this process: a live
+diarization pipeline is not available yet, so speaker labels are checked here, exactly)."""
+
+from __future__ import annotations
+
+import pytest
+
+from config import InferenceConfig, Task
+from schemas import Chunk, SpeakerTurn, TranscriptionResponse, Word
+from server import OpenAITranscriptionForm, clock, render_srt, render_tt, render_verbose_json, render_vtt
+
+
+@pytest.fixture
+def diarized() -> TranscriptionResponse:
+    return TranscriptionResponse(
+        text="Hello there. Hi, how are you?",
+        chunks=[Chunk(text="Hello there.", timestamp=(0.0, 1.5), speaker="SPEAKER_00"), Chunk(text="Hi, how are you?", timestamp=(1.75, 3661.0042), speaker="SPEAKER_01")],
+        speakers=[SpeakerTurn(speaker="SPEAKER_00", text="Hello there.", timestamp=(0.0, 1.5)), SpeakerTurn(speaker="SPEAKER_01", text="Hi, how are you?", timestamp=(1.75, 3661.0042))],
+        language="en",
+        duration=3661.5,
+        words=[Word(text="Hello", start=0.0, end=0.6, speaker="SPEAKER_00"), Word(text="there.", start=0.6, end=1.5, speaker="SPEAKER_00")],
+        strategy="batched",
+        num_speakers=2,
+    )
+
+
+def test_clock_rounds_to_milliseconds_and_carries_hours():
+    assert clock(3661.0042, ",") == "01:01:01,004"
+    assert clock(59.9996, ".") == "00:01:00.000"
+
+
+def test_srt_and_vtt_cues_carry_speaker_labels(diarized):
+    assert render_srt(diarized) == "1\n00:00:00,000 --> 00:00:01,500\n[SPEAKER_00] Hello there.\n\n2\n00:00:01,750 --> 01:01:01,004\n[SPEAKER_01] Hi, how are you?\n\n"
+    assert render_vtt(diarized) == "WEBVTT\n\n00:00:00.000 --> 00:00:01.500\n[SPEAKER_00] Hello there.\n\n00:00:01.750 --> 01:01:01.004\n[SPEAKER_01] Hi, how are you?\n\n"
+
+
+def test_verbose_json_segments_and_words_carry_speakers(diarized):
+    form = OpenAITranscriptionForm(response_format="verbose_json", timestamp_granularities=["word", "segment"])
+    body = render_verbose_json(diarized, form, InferenceConfig(temperature=0.2))
+    assert body["language"] == "english" and body["task"] == "transcribe" and body["duration"] == 3661.5
+    assert [(s["id"], s["speaker"], s["start"], s["text"], s["temperature"]) for s in body["segments"]] == [(0, "SPEAKER_00", 0.0, "Hello there.", 0.2), (1, "SPEAKER_01", 1.75, "Hi, how are you?", 0.2)]
+    assert body["words"][1] == {"word": "there.", "start": 0.6, "end": 1.5, "speaker": "SPEAKER_00"}
+    assert body["speakers"] == ["SPEAKER_00", "SPEAKER_01"]
+
+
+def test_verbose_json_with_word_granularity_only_leaves_segments_out(diarized):
+    form = OpenAITranscriptionForm(response_format="verbose_json", timestamp_granularities=["word"])
+    assert "segments" not in render_verbose_json(diarized, form, InferenceConfig())
+
+
+def test_tt_shape_with_and_without_diarization(diarized):
+    assert render_tt(diarized, diarized=False) == {"text": diarized.text, "duration": 3661.5, "language": "en"}
+    body = render_tt(diarized, diarized=True)
+    assert body["speaker_count"] == 2 and body["speakers"] == ["SPEAKER_00", "SPEAKER_01"]
+    assert body["segments"][1] == {"id": 1, "speaker": "SPEAKER_01", "start_time": 1.75, "end_time": 3661.0042, "text": "Hi, how are you?"}
+
+
+def test_openai_form_maps_to_inference_config():
+    config = OpenAITranscriptionForm(language="French", prompt="", temperature=0.3, timestamp_granularities=["segment", "word"], num_speakers=2).inference_config(Task.translate)
+    assert (config.task, config.language, config.prompt, config.temperature, config.timestamps.value, config.num_speakers) == (Task.translate, "fr", None, 0.3, "word", 2)
+    assert OpenAITranscriptionForm().inference_config(Task.transcribe).timestamps.value == "segment"
