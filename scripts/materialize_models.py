@@ -129,9 +129,16 @@ def build_whisper_tiny_en(output: Path, cache: Path) -> None:
     convert(ct2_dir, output)
 
 
+def build_pyannote_diarization(output: Path, cache: Path) -> None:
+    from build_diarization import build_pyannote_diarization as build
+
+    build(output, cache)
+
+
 BUILDERS: dict[str, Callable[[Path, Path], None]] = {
     "whisper-base": build_whisper_base,
     "whisper-tiny.en": build_whisper_tiny_en,
+    "pyannote-diarization": build_pyannote_diarization,
 }
 
 
