@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -154,7 +155,9 @@ class Models:
     def __init__(self) -> None:
         self.handler: Any = None
         self.error: str | None = None
-        self.secrets: list[str] = [settings.api_key.get_secret_value()] if settings.api_key else []
+        # Masked in every error message; the handler's token joins once its settings are read.
+        candidates = [settings.api_key.get_secret_value() if settings.api_key else None, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
+        self.secrets: list[str] = [value for value in candidates if value]
 
     def load(self) -> None:
         try:
@@ -319,20 +322,23 @@ async def read_form(request: Request) -> tuple[bytes, dict[str, Any]]:
         raise
     except Exception as error:  # malformed multipart (python-multipart / starlette errors)
         raise BadRequest(f"could not parse the multipart body: {error}") from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise BadRequest("the multipart body needs a 'file' part holding the audio")
-    fields: dict[str, Any] = {}
-    for key, value in form.multi_items():
-        if key == "file":
-            continue
-        if not isinstance(value, str):
-            raise BadRequest(f"unexpected file part {key!r}; only 'file' carries audio")
-        if key.endswith("[]"):
-            fields.setdefault(key[:-2], []).append(value)
-        else:
-            fields[key] = value
-    return await upload.read(), fields
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("the multipart body needs a 'file' part holding the audio")
+        fields: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if key == "file":
+                continue
+            if not isinstance(value, str):
+                raise BadRequest(f"unexpected file part {key!r}; only 'file' carries audio")
+            if key.endswith("[]"):
+                fields.setdefault(key[:-2], []).append(value)
+            else:
+                fields[key] = value
+        return await upload.read(), fields
+    finally:
+        await form.close()  # the spooled upload files
 
 
 def query_parameters(request: Request) -> dict[str, str] | None:

@@ -25,7 +25,7 @@ import numpy as np
 import openai
 import pytest
 import soundfile
-from conftest import load_manifest
+from conftest import DIARIZATION_MODEL, load_manifest
 from huggingface_hub import InferenceClient
 from scipy.io import wavfile
 
@@ -68,6 +68,11 @@ def guarded(start_server):
 @pytest.fixture(scope="module")
 def broken(start_server):
     return start_server({"API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "DEVICE": "meta"})
+
+
+@pytest.fixture(scope="module")
+def diarizing(start_server):
+    return start_server({**SHARED_CPU, "DIARIZATION_MODEL": str(DIARIZATION_MODEL)})
 
 
 def auth() -> dict[str, str]:
@@ -232,6 +237,40 @@ def test_eight_concurrent_clients_queue_while_health_answers_fast(live, burst):
 @pytest.fixture(scope="module")
 def openai_client(live):
     return openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+
+
+def rttm_turns(path: str) -> list[tuple[float, float, str]]:
+    turns = []
+    for line in open(path).read().splitlines():
+        fields = line.split()
+        if fields and fields[0] == "SPEAKER":
+            turns.append((float(fields[3]), float(fields[3]) + float(fields[4]), fields[7]))
+    return turns
+
+
+def test_openai_sdk_diarized_verbose_json_matches_the_reference_speakers(diarizing):
+    """A 2-speaker telephone call: every segment carries a speaker, and the labels map onto the
+    human RTTM's speakers consistently (segment by segment, majority overlap)."""
+    row = next(r for r in load_manifest("diarization") if r["id"] == "pyannote_sample")
+    client = openai.OpenAI(base_url=f"{diarizing.url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+    with open(row["audio"], "rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=("call.wav", f.read()), language="en", response_format="verbose_json", extra_body={"diarize": True, "num_speakers": 2})
+    assert result.text and result.segments
+    assert all(s.speaker for s in result.segments)
+    assert result.speakers == sorted({s.speaker for s in result.segments}) and len(result.speakers) == 2
+    reference = rttm_turns(row["rttm"])
+    pairs = []
+    for segment in result.segments:
+        overlap: dict[str, float] = {}
+        for start, end, speaker in reference:
+            overlap[speaker] = overlap.get(speaker, 0.0) + max(0.0, min(end, segment.end) - max(start, segment.start))
+        best = max(overlap, key=overlap.get)
+        if overlap[best] > 0:
+            pairs.append((segment.speaker, best))
+    hyp, ref = result.speakers, sorted({speaker for _, _, speaker in reference})
+    # Labels are arbitrary: score the better of the two one-to-one mappings.
+    agreement = max(sum(pair in set(zip(hyp, mapping)) for pair in pairs) for mapping in (ref, ref[::-1]))
+    assert len(pairs) >= 5 and agreement / len(pairs) >= 0.7, pairs
 
 
 def test_openai_sdk_diarization_without_a_model_is_a_clear_422(openai_client):
