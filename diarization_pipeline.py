@@ -24,4 +24,4 @@ class OfflineSpeakerDiarization(SpeakerDiarization):
         super().__init__(clustering=clustering, plda=PLDA.__new__(PLDA), **kwargs)
 
     def default_parameters(self) -> dict[str, Any]:
-        return {"segmentation": {"min_duration_off": 0.0}, "clustering": {"method": "centroid", "min_cluster_size": 12, "threshold": 0.6}}
+        return {"segmentation": {"min_duration_off": 0.0}, "clustering": {"method": "centroid", "min_cluster_size": 12, "threshold": 0.7}}
