@@ -172,9 +172,9 @@ def markdown(report: EvalReport, paths: dict[str, Path]) -> str:
         lines += ["## Failed requests", "", "| item | kind | attempts | error |", "|---|---|---:|---|"]
         lines += [f"| {i.id} | {i.error_kind} | {len(i.attempts)} | {_cell(i.error)} |" for i in failed]
         lines.append("")
-    scored = sorted((i for i in report.items if i.wer is not None), key=lambda i: -(i.wer or 0))
+    answered = sorted((i for i in report.items if i.ok), key=lambda i: (i.wer is None, -(i.wer or 0)))  # worst first, unscored last
     lines += ["## Items by WER", "", "| item | audio s | latency s | WER | hypothesis |", "|---|---:|---:|---:|---|"]
-    lines += [f"| {i.id} | {i.duration_s:.1f} | {_sec(i.latency_s)} | {_pct(i.wer)} | {_cell(i.hypothesis)} |" for i in scored]
+    lines += [f"| {i.id} | {i.duration_s:.1f} | {_sec(i.latency_s)} | {_pct(i.wer)} | {_cell(i.hypothesis)} |" for i in answered]
     return "\n".join(lines) + "\n"
 
 

@@ -52,8 +52,8 @@ async def evaluate_async(client: ASRClient, items: list[EvalItem], dataset: str 
     with tqdm(total=len(items), desc=f"{client.config.protocol} {client.config.base_url}", unit="req", disable=not progress) as bar:
         async for index, outcome in client.stream(len(items), load):
             results[index] = score_item(items[index], durations[index], outcome, collar)
+            bar.set_postfix(failed=sum(1 for r in results if r and not r.ok), refresh=False)
             bar.update(1)
-            bar.set_postfix(failed=sum(1 for r in results if r and not r.ok))
     finished = time.time()
     done = [r for r in results if r is not None]
     return EvalReport(
