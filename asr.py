@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -120,6 +120,10 @@ class WhisperTranscriber:
         features = self.feature_extractor(samples, sampling_rate=TARGET_SAMPLING_RATE, return_tensors="pt").input_features
         return features.to(self.device, self.dtype)
 
+    def transcribe_batch(self, requests: list["Request"]) -> list[Transcript | Exception]:
+        # The pipeline batches the windows of one audio; several audios run one after another.
+        return transcribe_each(self, requests)
+
     def transcribe(self, samples: np.ndarray, config: InferenceConfig, want_words: bool = False) -> Transcript:
         """Transcribe 16 kHz mono samples. ``want_words`` asks for word timestamps even when the
         response does not show them (the diarization merge needs them)."""
@@ -170,3 +174,246 @@ def _chunk(raw: dict, duration: float) -> Chunk:
 def _word(raw: dict, duration: float) -> Word:
     start = round(min(float(raw["timestamp"][0] or 0.0), duration), 3)
     return Word(text=raw["text"].strip(), start=start, end=max(start, _end(raw["timestamp"], duration)))
+
+
+# --- micro-batching and the backend choice -----------------------------------------------------
+
+
+class Request(NamedTuple):
+    """One audio of a micro-batch: what ``transcribe`` takes, as a tuple."""
+
+    samples: np.ndarray
+    config: InferenceConfig
+    want_words: bool = False
+
+
+def transcribe_each(transcriber: Any, requests: list[Request]) -> list[Transcript | Exception]:
+    """One at a time, each failure kept to its own request (the fallback batch entry point)."""
+    results: list[Transcript | Exception] = []
+    for request in requests:
+        try:
+            results.append(transcriber.transcribe(request.samples, request.config, request.want_words))
+        except Exception as error:  # one bad request must not fail the others
+            results.append(error)
+    return results
+
+
+def build_transcriber(settings: ModelSettings, base_dir: str | Path = ".") -> "WhisperTranscriber | CTranslate2Transcriber":
+    """The transcriber the ``asr_backend`` setting names; every backend has the same interface."""
+    if settings.asr_backend == "ctranslate2":
+        return CTranslate2Transcriber(settings, base_dir)
+    return WhisperTranscriber(settings, base_dir)
+
+
+def locate_ct2_model(settings: ModelSettings, base_dir: str | Path) -> str:
+    """The CTranslate2 weights: ``ct2_model``, else ``<asr_model>-ct2`` beside the checkpoint (what
+    faster-whisper loads), else a conversion of the transformers checkpoint, cached beside it."""
+    if settings.ct2_model:
+        return locate_model(settings.ct2_model, base_dir)
+    location = Path(locate_model(settings.asr_model, base_dir))
+    sibling = location.with_name(location.name + "-ct2")
+    if (sibling / "model.bin").is_file():
+        return str(sibling)
+    if not location.is_dir():
+        raise ModelLoadError(f"asr_backend=ctranslate2 needs CTranslate2 weights: set CT2_MODEL (hub ids such as {settings.asr_model!r} are not converted here)")
+    converted = location / "ctranslate2"
+    if not (converted / "model.bin").is_file():
+        import ctranslate2
+
+        logger.info("converting %s to CTranslate2 in %s", location, converted)
+        # Unquantized on disk: compute_type quantizes at load, so one conversion serves every setting.
+        ctranslate2.converters.TransformersConverter(str(location), copy_files=["tokenizer.json"]).convert(str(converted), force=True)
+    return str(converted)
+
+
+class CTranslate2Transcriber:
+    """faster-whisper's engine (CTranslate2, int8 on CPU) behind the same interface and schema.
+
+    Decoding follows faster-whisper's ``BatchedInferencePipeline``: Silero VAD cuts the audio into
+    speech chunks of at most 30 s, chunks are decoded in batches and their timestamps mapped back to
+    the original audio. Unlike it, ``transcribe_batch`` pools the chunks of several requests into
+    the same ``generate`` calls (the server's micro-batching), and the language is read from the
+    encoder output of each request's first chunk instead of a separate encoder pass."""
+
+    def __init__(self, settings: ModelSettings, base_dir: str | Path = "."):
+        import os
+
+        from faster_whisper import WhisperModel
+
+        location = locate_ct2_model(settings, base_dir)
+        device = settings.resolved_device()
+        threads = settings.cpu_threads or settings.torch_threads or os.cpu_count() or 1
+        logger.info("loading CTranslate2 ASR model %s on %s (%s, %d threads)", location, device, settings.compute_type, threads)
+        try:
+            self.model = WhisperModel(location, device="cuda" if device.startswith("cuda") else "cpu", compute_type=settings.compute_type, cpu_threads=threads, local_files_only=True)
+        except (OSError, RuntimeError, ValueError) as error:
+            raise ModelLoadError(f"could not load CTranslate2 model {location!r}: {error}") from None
+        self.multilingual = bool(self.model.model.is_multilingual)
+        self.location = location
+
+    def check(self, config: InferenceConfig) -> None:
+        if config.assisted:
+            # CTranslate2 has no speculative decoding for Whisper; its plain decoding is the fast path.
+            raise ModelNotConfigured("assisted=true needs the transformers backend with an assistant model; this endpoint runs asr_backend=ctranslate2")
+        if not self.multilingual:
+            if config.task is Task.translate:
+                raise InvalidParameters("task=translate needs a multilingual model; this endpoint's model is English-only")
+            if config.language not in (None, "en"):
+                raise InvalidParameters(f"language={config.language!r} is not supported by this English-only model")
+
+    def detect_language(self, samples: np.ndarray) -> str:
+        if not self.multilingual:
+            return "en"
+        language, _, _ = self.model.detect_language(audio=samples[: TARGET_SAMPLING_RATE * 30])
+        return language
+
+    def transcribe(self, samples: np.ndarray, config: InferenceConfig, want_words: bool = False) -> Transcript:
+        result = self.transcribe_batch([Request(samples, config, want_words)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def transcribe_batch(self, requests: list[Request]) -> list[Transcript | Exception]:
+        """Transcripts of several audios, their chunks decoded together; each failure stays with
+        its own request. Requests decode together when they share the decoding options."""
+        results: list[Transcript | Exception | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(requests):
+            try:
+                self.check(request.config)
+            except Exception as error:
+                results[index] = error
+                continue
+            samples, config = request.samples, request.config
+            if len(samples) == 0 or float(np.abs(samples).max()) < SILENCE_PEAK:
+                results[index] = Transcript(text="", chunks=[], words=[] if request.want_words or config.timestamps is Timestamps.word else None, language=config.language, strategy="silence")
+                continue
+            groups.setdefault(_options_key(request), []).append(index)
+        for indices in groups.values():
+            try:
+                for index, transcript in zip(indices, self._decode([requests[i] for i in indices])):
+                    results[index] = transcript
+            except Exception as error:  # e.g. out of memory: retry one by one so only the culprit fails
+                if len(indices) == 1:
+                    results[indices[0]] = error
+                else:
+                    for index in indices:
+                        results[index] = self.transcribe_batch([requests[index]])[0]
+        return results  # type: ignore[return-value]
+
+    def _decode(self, requests: list[Request]) -> list[Transcript]:
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import Segment, Word as FWWord, get_ctranslate2_storage, get_suppressed_tokens, restore_speech_timestamps
+        from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+        config, want_words = requests[0].config, requests[0].want_words or requests[0].config.timestamps is Timestamps.word
+        # Segment timestamps come from timestamp tokens; without them each VAD chunk is one segment.
+        with_timestamps = want_words or config.timestamps is not Timestamps.none
+        model = self.model
+        vad = VadOptions(max_speech_duration_s=config.chunk_length_s, min_silence_duration_ms=160)
+        # Each request's speech chunks (≤ chunk_length_s), flattened: (request index, chunk metadata, features).
+        speech, rows = [], []
+        for r, request in enumerate(requests):
+            clips = get_speech_timestamps(request.samples, vad)
+            speech.append(clips)
+            if not clips:
+                continue
+            chunks, metadata = collect_chunks(request.samples, clips, max_duration=config.chunk_length_s)
+            rows += [_Row(r, meta["offset"], meta["duration"], model.feature_extractor(chunk)[..., :-1]) for chunk, meta in zip(chunks, metadata)]
+        languages: list[str | None] = [request.config.language if self.multilingual else "en" for request in requests]
+        previous = model.hf_tokenizer.encode(" " + config.prompt.strip(), add_special_tokens=False).ids if config.prompt else []
+        options = dict(beam_size=1, max_length=model.max_length, return_scores=True, return_no_speech_prob=True, suppress_blank=True)
+        if config.temperature > 0:
+            options.update(sampling_topk=0, sampling_temperature=config.temperature)
+        segments: list[list[tuple[float, dict]]] = [[] for _ in requests]
+        last_speech = [0.0 for _ in requests]
+        batch_size = max(1, config.batch_size)
+        while rows:
+            batch, rows = rows[:batch_size], rows[batch_size:]
+            encoder_output = model.encode(np.stack([pad_or_trim(row.features) for row in batch]))
+            undecided = [i for i, row in enumerate(batch) if languages[row.request] is None]
+            if undecided:
+                # A request's language is its first chunk's (rows keep each request's chunks in order).
+                detected = model.model.detect_language(encoder_output)
+                for i in undecided:
+                    languages[batch[i].request] = languages[batch[i].request] or detected[i][0][0].strip("<|>")
+            tokenizers = [Tokenizer(model.hf_tokenizer, self.multilingual, task=config.task.value, language=languages[row.request]) for row in batch]
+            suppress = list(get_suppressed_tokens(tokenizers[0], [-1]))
+            prompts = [model.get_prompt(tokenizer, previous, without_timestamps=not with_timestamps) for tokenizer in tokenizers]
+            outputs = model.model.generate(encoder_output, prompts, suppress_tokens=suppress, **options)
+            sizes, chunk_segments, remainders = [], [], []
+            for row, output, tokenizer in zip(batch, outputs, tokenizers):
+                size = min(int(np.ceil(row.duration) * model.frames_per_second), row.features.shape[-1])
+                sizes.append(size)
+                tokens = output.sequences_ids[0]
+                if with_timestamps:
+                    parts, seek, _ = model._split_segments_by_timestamps(tokenizer=tokenizer, tokens=tokens, time_offset=row.offset, segment_size=size, segment_duration=row.duration, seek=0)
+                    # Whisper often stops at a timestamp before the window's end, expecting the next
+                    # window to go on from there (openai-whisper's seek loop): decode that rest too.
+                    if 0 < seek and size - seek > model.frames_per_second:
+                        remainders.append(_Row(row.request, row.offset + seek / model.frames_per_second, row.duration - seek / model.frames_per_second, row.features[:, seek:]))
+                else:
+                    parts = [{"tokens": tokens, "start": row.offset, "end": row.offset + row.duration}]
+                chunk_segments.append([dict(part, text=tokenizer.decode(part["tokens"]), seek=int(row.offset * model.frames_per_second)) for part in parts])
+            if want_words:
+                self._add_words([row.request for row in batch], chunk_segments, tokenizers, encoder_output, sizes, last_speech)
+            for row, parts in zip(batch, chunk_segments):
+                segments[row.request] += [(row.offset, part) for part in parts if part["tokens"]]
+            rows = remainders + rows
+        transcripts = []
+        for r, request in enumerate(requests):
+            restored = list(restore_speech_timestamps(
+                (Segment(id=i, seek=s["seek"], start=s["start"], end=s["end"], text=s["text"], tokens=s["tokens"], avg_logprob=0.0, compression_ratio=0.0, no_speech_prob=0.0, temperature=config.temperature,
+                         words=[FWWord(**w) for w in s["words"]] if want_words else None) for i, (_, s) in enumerate(sorted(segments[r], key=lambda item: item[0]))),
+                speech[r], TARGET_SAMPLING_RATE)) if speech[r] else []
+            transcripts.append(self._transcript(request, restored, languages[r] or config.language))
+        return transcripts
+
+    def _add_words(self, batch: list[int], chunk_segments, tokenizers, encoder_output, sizes, last_speech) -> None:
+        """Word timings by faster-whisper's cross-attention alignment, one request at a time so each
+        keeps its own "last speech" state (results then do not depend on the batch's company)."""
+        import ctranslate2
+
+        encoded = np.asarray(encoder_output) if len(batch) > 1 else None
+        start = 0
+        while start < len(batch):
+            r = batch[start]
+            end = start
+            while end < len(batch) and batch[end] == r:
+                end += 1
+            if encoded is None:
+                rows = encoder_output
+            else:
+                rows = ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded[start:end]))
+            last_speech[r] = self.model.add_word_timestamps(chunk_segments[start:end], tokenizers[start], rows, sizes[start:end], "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、", last_speech[r]) or last_speech[r]
+            start = end
+
+    def _transcript(self, request: Request, segments: list, language: str | None) -> Transcript:
+        config = request.config
+        duration = len(request.samples) / TARGET_SAMPLING_RATE
+        want_words = request.want_words or config.timestamps is Timestamps.word
+        text = "".join(segment.text for segment in segments).strip()
+        chunks = [] if config.timestamps is Timestamps.none else [
+            _chunk({"text": s.text, "timestamp": (s.start, s.end)}, duration) for s in segments
+        ]
+        words = [_word({"text": w.word, "timestamp": (w.start, w.end)}, duration) for s in segments for w in (s.words or [])] if want_words else None
+        return Transcript(text=text, chunks=[c for c in chunks if c.text], words=words, language=language, strategy="ct2-batched")
+
+
+class _Row(NamedTuple):
+    """A speech chunk of one request: where it sits in the request's speech-only timeline (s) and
+    its log-Mel features (unpadded)."""
+
+    request: int
+    offset: float
+    duration: float
+    features: np.ndarray
+
+
+def _options_key(request: Request) -> tuple:
+    """Requests that can share ``generate`` calls: same task, prompt, sampling, chunking, batch size
+    and timestamp needs (the language may differ: only the language token changes)."""
+    config = request.config
+    words = request.want_words or config.timestamps is Timestamps.word
+    return (config.task, config.prompt, config.temperature, config.chunk_length_s, config.batch_size, words, config.timestamps is Timestamps.none)

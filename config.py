@@ -32,8 +32,14 @@ class ModelSettings(BaseSettings):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longer audio is refused (413).")
     torch_threads: int | None = Field(None, ge=1, description="Intra-op CPU threads (default: torch's choice).")
+    asr_backend: Literal["transformers", "ctranslate2"] = Field(
+        "transformers", description="Execution engine: transformers (GPU, assisted decoding) or ctranslate2 (faster-whisper's engine; the fast CPU path)."
+    )
+    ct2_model: str | None = Field(None, description="CTranslate2 directory for asr_backend=ctranslate2 (default: '<asr_model>-ct2' beside the checkpoint, else converted from it).")
+    compute_type: str = Field("int8", description="CTranslate2 compute type: int8, int8_float32, float32, float16, int8_float16, default.")
+    cpu_threads: int | None = Field(None, ge=1, description="CTranslate2 intra-op threads (default: torch_threads, else the CPU count).")
 
-    @field_validator("assistant_model", "diarization_model", "hf_token", "device", "dtype", mode="before")
+    @field_validator("assistant_model", "diarization_model", "hf_token", "device", "dtype", "ct2_model", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # Endpoint UIs and shells often pass an empty string for "not set".

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from asr import WhisperTranscriber
+from asr import build_transcriber
 from audio import load_audio
 from config import InferenceConfig, ModelSettings
 from diarization_utils import Diarizer, merge_speakers
@@ -31,7 +31,7 @@ class EndpointHandler:
         self.settings = settings or ModelSettings(_env_file=(".env", str(self.base_dir / ".env")))
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        self.transcriber = WhisperTranscriber(self.settings, self.base_dir)
+        self.transcriber = build_transcriber(self.settings, self.base_dir)
         self.diarizer = Diarizer.load(self.settings, self.base_dir) if self.settings.diarization_model else None
         # Diarization and ASR are independent until the merge: run them side by side.
         self._diarization_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarization") if self.diarizer else None
