@@ -33,8 +33,10 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 def encode_wav(array: np.ndarray, sr: int, encoding: WavEncoding = "float32") -> bytes:
     """Samples → WAV file bytes: 32-bit float IEEE (what lmms-eval sends) or 16-bit PCM (half the size)."""
     buffer = io.BytesIO()
-    subtype = "FLOAT" if encoding == "float32" else "PCM_16"
-    soundfile.write(buffer, np.asarray(array, dtype=np.float32), sr, format="WAV", subtype=subtype)
+    samples = np.asarray(array, dtype=np.float32)
+    if encoding == "int16":
+        samples = np.clip(samples, -1.0, 1.0)  # out-of-range floats would wrap around in 16-bit PCM
+    soundfile.write(buffer, samples, sr, format="WAV", subtype="FLOAT" if encoding == "float32" else "PCM_16")
     return buffer.getvalue()
 
 

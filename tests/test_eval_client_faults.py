@@ -3,6 +3,7 @@ Retry-After, honest failure accounting, the three protocols' request shapes, the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -55,6 +56,7 @@ class FaultServer:
 
     def __post_init__(self):
         self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
         self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), self._handler_class())
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -81,6 +83,16 @@ class FaultServer:
                 with server.lock:
                     server.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body, frames))
                 step = server._next_step(frames)
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer(step, frames)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _answer(self, step, frames: int):
                 if step == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.connection.close()
@@ -201,6 +213,15 @@ def test_sync_transcribe_retries_and_returns_failures(server, items, frames):
     assert outcome.ok and outcome.text == items[0].reference and len(outcome.attempts) == 2
     failed = client.transcribe_audio(samples, SAMPLING_RATE)
     assert (failed.ok, failed.text, failed.error_kind, len(failed.attempts)) == (False, None, "http_4xx", 1)
+
+
+def test_batch_keeps_order_and_the_concurrency_limit(server, items, frames):
+    server.slow_s = 0.3
+    server.scripts = {frames[item.id]: ["slow"] for item in items[:5]}
+    arrays = [(load_audio(item), SAMPLING_RATE) for item in items[:5]]
+    outcomes = asyncio.run(fast_client(server.url, timeout_s=10, concurrency=2).transcribe_many(arrays))
+    assert [o.text for o in outcomes] == [item.reference for item in items[:5]]
+    assert 1 <= server.max_in_flight <= 2
 
 
 def test_unreachable_endpoint_fails_every_item_after_retries(items):
