@@ -1,0 +1,146 @@
+"""Print the diarization figures: per-item DER, speaker counts, CPU real-time factor, and the
+speaker-attributed WER (cpWER) of the whole system on the 2-speaker call, by merge strategy.
+
+    python bench/diarization_metrics.py [--threads 1] [--skip-asr]
+
+DER: pyannote.metrics, overlap scored, collar 0 and 0.25 s, inside each item's UEM (whole file
+otherwise). cpWER: meeteval, both sides normalized with Whisper's English normalizer, against
+``pyannote_sample.stm`` and the 3-speaker clip's speaker-tagged words. Merges compared on the same ASR output and the same diarization:
+word (ours: each word to the speaker it overlaps most), chunk (each ASR segment to the speaker it
+overlaps most) and blog (the HF blog handler's: each speaker turn takes every chunk up to the one
+whose end is nearest the turn's end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "scripts")]
+DEFAULT_DATA_DIR = Path(os.environ.get("ASR_DATA_DIR", REPO_DIR.parent / "shared" / "data"))
+
+
+def blog_merge(chunks, turns) -> list[tuple[str, str]]:
+    """The HF blog handler's chunk-level merge, as (speaker, text) turns."""
+    merged = []  # consecutive turns of one speaker first become one segment
+    for turn in turns:
+        if merged and merged[-1][0] == turn.speaker:
+            merged[-1] = (turn.speaker, merged[-1][1], turn.end)
+        else:
+            merged.append((turn.speaker, turn.start, turn.end))
+    remaining = list(chunks)
+    output = []
+    for speaker, _, end in merged:
+        if not remaining:
+            break
+        upto = int(np.argmin([abs(c.timestamp[1] - end) for c in remaining]))
+        output.append((speaker, " ".join(c.text for c in remaining[: upto + 1])))
+        remaining = remaining[upto + 1 :]
+    return output
+
+
+def speaker_references(data_dir: Path) -> dict[str, dict[str, str]]:
+    """Speaker-attributed references: the 2-speaker call's STM and the 3-speaker clip's tagged words."""
+    folder = data_dir / "diarization"
+    call: dict[str, str] = {}
+    for line in (folder / "pyannote_sample.stm").read_text().splitlines():
+        _, _, speaker, _, _, text = line.split(" ", 5)
+        call[speaker] = f"{call.get(speaker, '')} {text}"
+    clip: dict[str, str] = {}
+    for word in json.loads((folder / "picovoice_diarization_test.words.json").read_text()):
+        clip[str(word["speaker_tag"])] = f"{clip.get(str(word['speaker_tag']), '')} {word['word']}"
+    return {"pyannote_sample": call, "picovoice_diarization_test": clip}
+
+
+def cpwer(reference: dict[str, str], turns: list[tuple[str, str]]):
+    from meeteval.wer.wer.cp import cp_word_error_rate
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    normalize = EnglishTextNormalizer()
+    hypothesis: dict[str, str] = {}
+    for speaker, text in turns:
+        hypothesis[speaker] = f"{hypothesis.get(speaker, '')} {text}"
+    return cp_word_error_rate({k: normalize(v) for k, v in reference.items()}, {k: normalize(v) for k, v in hypothesis.items()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--pipeline", default=str(REPO_DIR / "models" / "pyannote-diarization"))
+    parser.add_argument("--asr-model", default=str(REPO_DIR / "models" / "whisper-base"))
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--skip-asr", action="store_true", help="diarization figures only")
+    args = parser.parse_args()
+
+    import torch
+    from pyannote.core import Annotation, Segment
+
+    from config import InferenceConfig, ModelSettings
+    from diarization_utils import Diarizer, merge_speakers
+    from tune_diarization import der, dev_items
+
+    torch.set_num_threads(args.threads)
+    settings = ModelSettings(_env_file=None, asr_model=args.asr_model, diarization_model=args.pipeline, device="cpu")
+    diarizer = Diarizer.load(settings, REPO_DIR)
+    diarizer.diarize(np.zeros(16000 * 2, dtype=np.float32))  # warm-up, not timed
+
+    print(f"pipeline {args.pipeline}: {diarizer.pipeline.parameters(instantiated=True)}; torch threads {args.threads}")
+    print(f"{'item':30} {'dur s':>6} {'ref spk':>7} {'hyp spk':>7} {'DER c0':>7} {'DER c.25':>8} {'miss':>6} {'FA':>6} {'conf':>6} {'wall s':>7} {'cpu s':>6}")
+    audio_seconds = wall_seconds = cpu_seconds = 0.0
+    totals = {0.0: [0.0, 0.0], 0.25: [0.0, 0.0]}
+    for item in dev_items(args.data_dir):
+        wall, cpu = time.perf_counter(), time.process_time()
+        turns = diarizer.diarize(item.samples[0].numpy())
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        duration = item.samples.shape[-1] / 16000
+        audio_seconds, wall_seconds, cpu_seconds = audio_seconds + duration, wall_seconds + wall, cpu_seconds + cpu
+        hypothesis = Annotation(uri=item.id)
+        for turn in turns:
+            hypothesis[Segment(turn.start, turn.end), len(hypothesis)] = turn.speaker
+        rates = {}
+        for collar in totals:
+            rates[collar], components = der(item, hypothesis, collar)
+            totals[collar][0] += components["false alarm"] + components["missed detection"] + components["confusion"]
+            totals[collar][1] += components["total"]
+        _, c0 = der(item, hypothesis, 0.0)
+        shares = [c0[k] / c0["total"] if c0["total"] else float("nan") for k in ("missed detection", "false alarm", "confusion")]
+        print(f"{item.id:30} {duration:6.1f} {len(item.reference.labels()):7d} {len(hypothesis.labels()):7d} {rates[0.0]:7.3f} {rates[0.25]:8.3f} {shares[0]:6.3f} {shares[1]:6.3f} {shares[2]:6.3f} {wall:7.2f} {cpu:6.2f}")
+    print(f"{'aggregate (all items)':30} {audio_seconds:6.1f} {'':7} {'':7} {totals[0.0][0] / totals[0.0][1]:7.3f} {totals[0.25][0] / totals[0.25][1]:8.3f}")
+    print(f"diarization speed: {60 * wall_seconds / audio_seconds:.1f} s wall and {60 * cpu_seconds / audio_seconds:.1f} s CPU per minute of audio (RTF {wall_seconds / audio_seconds:.3f})")
+
+    from audio import load_audio
+
+    pico = load_audio((args.data_dir / "diarization" / "audio" / "picovoice_diarization_test.wav").read_bytes()).samples
+    print(f"picovoice_diarization_test (3 speakers, no RTTM): {len({t.speaker for t in diarizer.diarize(pico)})} speakers found")
+
+    if args.skip_asr:
+        return
+    from asr import WhisperTranscriber
+
+    transcriber = WhisperTranscriber(settings, REPO_DIR)
+    for item_id, reference in speaker_references(args.data_dir).items():
+        samples = load_audio((args.data_dir / "diarization" / "audio" / f"{item_id}.wav").read_bytes()).samples
+        turns = diarizer.diarize(samples)
+        transcript = transcriber.transcribe(samples, InferenceConfig(language="en"), want_words=True)
+        word_turns, _, _ = merge_speakers(transcript, turns)
+        chunk_turns, _, _ = merge_speakers(transcript.model_copy(update={"words": None}), turns)
+        print(f"cpWER on {item_id} ({Path(args.asr_model).name}, {len(reference)} reference speakers, {len({t.speaker for t in turns})} found, {len(transcript.chunks)} ASR chunks, {len(transcript.words or [])} words):")
+        for name, merged in (
+            ("word-level merge (ours)", [(t.speaker, t.text) for t in word_turns]),
+            ("chunk-level merge", [(t.speaker, t.text) for t in chunk_turns]),
+            ("blog chunk-level merge", blog_merge(transcript.chunks, turns)),
+            ("no diarization", [("all", transcript.text)]),
+        ):
+            result = cpwer(reference, merged)
+            print(f"  {name:24} cpWER {result.error_rate:.3f} ({result.errors} errors / {result.length} words; ins {result.insertions} del {result.deletions} sub {result.substitutions})")
+
+
+if __name__ == "__main__":
+    main()
