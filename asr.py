@@ -142,15 +142,22 @@ class WhisperTranscriber:
             generate_kwargs["prompt_ids"] = torch.from_numpy(self.tokenizer.get_prompt_ids(config.prompt)).to(self.device)
         if config.assisted:
             generate_kwargs["assistant_model"] = self.assistant
-        with torch.inference_mode():
-            output = self.pipeline(
-                samples,
-                chunk_length_s=config.chunk_length_s,
-                batch_size=1 if config.assisted else config.batch_size,
-                return_timestamps=return_timestamps,
-                generate_kwargs=generate_kwargs,
-                ignore_warning=True,
-            )
+        attention = self.model.config._attn_implementation
+        try:
+            with torch.inference_mode():
+                output = self.pipeline(
+                    samples,
+                    chunk_length_s=config.chunk_length_s,
+                    batch_size=1 if config.assisted else config.batch_size,
+                    return_timestamps=return_timestamps,
+                    generate_kwargs=generate_kwargs,
+                    ignore_warning=True,
+                )
+        finally:
+            # Word timestamps make transformers' Whisper generate switch the model to eager attention
+            # (it needs the cross-attention weights) and never switch back: without this, every later
+            # request of the process, segment-level ones included, would run eager attention.
+            self.model.config._attn_implementation = attention
         duration = len(samples) / TARGET_SAMPLING_RATE
         segments = output.get("segments") if words_needed else output.get("chunks")
         chunks = [_chunk(c, duration) for c in segments or []] if return_timestamps else []

@@ -173,6 +173,7 @@ class ServerSettings(BaseSettings):
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Larger request bodies are refused (413); tt-media-server's cap is 50 MB.")
     max_queue_depth: int = Field(256, ge=0, description="Requests allowed to wait for a worker; beyond that, 503 + Retry-After.")
     inference_workers: int = Field(1, ge=1, description="Threads running the handler; it is not guaranteed thread-safe, so 1 unless you know better.")
+    micro_batch_size: int = Field(8, ge=1, description="Requests waiting together are transcribed in one batch of at most this many (1: one at a time).")
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 503 (queue full, models loading).")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty disables CORS.")
 

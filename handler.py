@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from asr import build_transcriber
+from asr import Request, build_transcriber
 from audio import load_audio
 from config import InferenceConfig, ModelSettings
 from diarization_utils import Diarizer, merge_speakers
@@ -42,17 +42,43 @@ class EndpointHandler:
         return self.transcribe(inputs, config).model_dump(mode="json")
 
     def transcribe(self, inputs: Any, config: InferenceConfig) -> TranscriptionResponse:
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-        self.transcriber.check(config)
-        diarize = self._wants_diarization(config)
-        audio = load_audio(inputs, config.sampling_rate, self.settings.max_audio_seconds)
-        timings["decode_audio"] = time.perf_counter() - started
+        result = self.transcribe_batch([(inputs, config)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-        turns_future = self._diarization_thread.submit(self._timed, self.diarizer.diarize, audio.samples, **config.speaker_constraints) if diarize else None
+    def transcribe_batch(self, requests: list[tuple[Any, InferenceConfig]]) -> list[TranscriptionResponse | Exception]:
+        """Several requests at once (the server's micro-batching): the transcriber decodes their
+        audio together; each failure is returned in its request's place, the others go on."""
+        results: list[TranscriptionResponse | Exception | None] = [None] * len(requests)
+        started = time.perf_counter()
+        prepared = []  # (index, audio, config, diarize, turns future, timings)
+        for index, (inputs, config) in enumerate(requests):
+            item_started = time.perf_counter()
+            try:
+                self.transcriber.check(config)
+                diarize = self._wants_diarization(config)
+                audio = load_audio(inputs, config.sampling_rate, self.settings.max_audio_seconds)
+            except Exception as error:
+                results[index] = error
+                continue
+            timings = {"decode_audio": time.perf_counter() - item_started}
+            turns_future = self._diarization_thread.submit(self._timed, self.diarizer.diarize, audio.samples, **config.speaker_constraints) if diarize else None
+            prepared.append((index, audio, config, diarize, turns_future, timings))
         asr_started = time.perf_counter()
-        transcript = self.transcriber.transcribe(audio.samples, config, want_words=diarize)
-        timings["asr"] = time.perf_counter() - asr_started
+        transcripts = self.transcriber.transcribe_batch([Request(audio.samples, config, diarize) for _, audio, config, diarize, _, _ in prepared]) if prepared else []
+        asr_seconds = time.perf_counter() - asr_started
+        for (index, audio, config, _, turns_future, timings), transcript in zip(prepared, transcripts):
+            try:
+                if isinstance(transcript, Exception):
+                    raise transcript
+                timings["asr"] = asr_seconds
+                results[index] = self._respond(audio, config, transcript, turns_future, timings, started)
+            except Exception as error:
+                results[index] = error
+        return results  # type: ignore[return-value]
+
+    def _respond(self, audio, config: InferenceConfig, transcript, turns_future, timings: dict[str, float], started: float) -> TranscriptionResponse:
         speakers, chunks, words = [], transcript.chunks, transcript.words
         if turns_future is not None:
             turns, timings["diarization"] = turns_future.result()

@@ -97,14 +97,50 @@ READY = Gauge("asr_model_ready", "1 once the models are loaded.", registry=REGIS
 class InferenceQueue:
     """Runs handler calls on ``workers`` threads, off the event loop, so /health and /metrics never
     wait on a model. At most ``workers + max_depth`` requests are admitted at once; the rest get 503
-    at once instead of piling up. (Micro-batching would replace ``run``'s executor, nothing else.)"""
+    at once instead of piling up. ``run_batched`` micro-batches: the worker that picks up a
+    transcription takes every transcription waiting with it (up to ``max_batch``) into one
+    ``handler.transcribe_batch`` call, whose decoder then runs them in the same ``generate`` calls."""
 
-    def __init__(self, workers: int, max_depth: int):
+    def __init__(self, workers: int, max_depth: int, max_batch: int = 1):
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._capacity = workers + max_depth
         self._admitted = 0  # touched on the event loop only
-        self._lock = threading.Lock()  # guards waiting and each job's started/abandoned state
+        self._lock = threading.Lock()  # guards waiting, _pending and each job's started/abandoned state
         self.waiting = 0
+        self._max_batch = max_batch
+        self._pending: list[_BatchItem] = []  # transcriptions no worker has taken yet, oldest first
+
+    async def run_batched(self, handler: Any, inputs: Any, config: Any) -> Any:
+        """``handler.transcribe(inputs, config)``, possibly together with other waiting requests."""
+        if self._max_batch <= 1 or not hasattr(handler, "transcribe_batch"):
+            return await self.run(handler.transcribe, inputs, config)
+        item = _BatchItem(inputs, config)
+        with self._lock:
+            self._pending.append(item)
+        try:
+            return await self.run(self._take_batch, handler, item)
+        finally:
+            with self._lock:
+                if item in self._pending:  # cancelled before any worker took it
+                    self._pending.remove(item)
+
+    def _take_batch(self, handler: Any, item: "_BatchItem") -> Any:
+        with self._lock:
+            batch = [item, *[other for other in self._pending if other is not item][: self._max_batch - 1]] if item in self._pending else []
+            for taken in batch:
+                self._pending.remove(taken)
+        if batch:
+            try:
+                results = handler.transcribe_batch([(taken.inputs, taken.config) for taken in batch])
+            except Exception as error:
+                results = [error] * len(batch)
+            for taken, result in zip(batch, results):
+                taken.result = result
+                taken.done.set()
+        item.done.wait()  # taken by another worker's batch: its result comes from there
+        if isinstance(item.result, Exception):
+            raise item.result
+        return item.result
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -148,6 +184,15 @@ class InferenceQueue:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+class _BatchItem:
+    """One request waiting to join a micro-batch, and where its result lands."""
+
+    def __init__(self, inputs: Any, config: Any):
+        self.inputs, self.config = inputs, config
+        self.result: Any = None
+        self.done = threading.Event()
+
+
 # --- models: loaded once, in a thread, while /health answers 503 ----------------------------------
 
 
@@ -189,7 +234,7 @@ def redact(text: str, secret_values: list[str]) -> str:
 
 
 models = Models()
-queue = InferenceQueue(settings.inference_workers, settings.max_queue_depth)
+queue = InferenceQueue(settings.inference_workers, settings.max_queue_depth, settings.micro_batch_size)
 QUEUE_DEPTH.set_function(lambda: queue.waiting)
 
 
@@ -349,7 +394,7 @@ def query_parameters(request: Request) -> dict[str, str] | None:
 async def transcribe(request: Request, inputs: Any, config: InferenceConfig) -> TranscriptionResponse:
     handler = models.ready_handler()
     try:
-        response: TranscriptionResponse = await queue.run(handler.transcribe, inputs, config)
+        response: TranscriptionResponse = await queue.run_batched(handler, inputs, config)
     except EndpointError:
         raise
     except Exception as error:  # inside the model: the message is kept, the traceback goes to the log only

@@ -1,0 +1,126 @@
+"""Every ASR backend behind the same interface and schema, and micro-batching that changes nothing
+but speed: real Whisper base weights (transformers and the CTranslate2 files they come from), real speech."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+import jiwer
+import numpy as np
+import pytest
+import soundfile
+from whisper_normalizer.english import EnglishTextNormalizer
+
+from audio import load_audio
+from config import InferenceConfig, ModelSettings
+from conftest import BASE_MODEL, REPO_DIR, load_manifest
+from errors import AudioDecodeError, ModelNotConfigured
+from handler import EndpointHandler
+
+normalize = EnglishTextNormalizer()
+# Four short dev items (LibriSpeech, FLEURS, JFK): enough to catch a broken decode, stitch or token
+# prompt (those cost far more than 0.1), few enough for 2 CPU cores.
+ITEMS = [row for row in load_manifest("asr_short") if row.get("text") and row["duration"] <= 30][:4]
+MAX_WER = 0.2
+
+
+def corpus_wer(texts: list[str]) -> float:
+    return jiwer.wer([normalize(r["text"]) for r in ITEMS], [normalize(t) for t in texts])
+
+
+@pytest.fixture(scope="module")
+def ct2_handler() -> EndpointHandler:
+    settings = ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), asr_backend="ctranslate2", assistant_model=None, diarization_model=None, hf_token=None)
+    return EndpointHandler(str(REPO_DIR), settings=settings)
+
+
+@pytest.fixture(scope="module")
+def audio_bytes() -> list[bytes]:
+    return [open(row["audio"], "rb").read() for row in ITEMS]
+
+
+def test_every_backend_gives_the_same_schema_and_close_wer(handler, ct2_handler, audio_bytes):
+    outputs = {}
+    for name, backend in (("transformers", handler), ("ctranslate2", ct2_handler)):
+        outputs[name] = [backend.transcribe(audio, InferenceConfig(timestamps="word")).model_dump(mode="json") for audio in audio_bytes]
+    assert outputs["transformers"][0]["strategy"] == "batched" and outputs["ctranslate2"][0]["strategy"] == "ct2-batched"
+    for name, responses in outputs.items():
+        for response, row in zip(responses, ITEMS):
+            assert set(response) == set(outputs["transformers"][0]), name
+            assert response["language"] == "en" and response["speakers"] == []
+            duration = response["duration"]
+            assert response["chunks"] and all(0 <= c["timestamp"][0] <= c["timestamp"][1] <= duration for c in response["chunks"]), (name, row["id"])
+            words = response["words"]
+            assert words and all(0 <= w["start"] <= w["end"] <= duration for w in words), (name, row["id"])
+            assert [w["start"] for w in words] == sorted(w["start"] for w in words), (name, row["id"])
+            # Chunks and words carry the same text as the transcript.
+            assert normalize(" ".join(c["text"] for c in response["chunks"])) == normalize(response["text"]), (name, row["id"])
+            assert normalize(" ".join(w["text"] for w in words)) == normalize(response["text"]), (name, row["id"])
+    wers = {name: corpus_wer([r["text"] for r in responses]) for name, responses in outputs.items()}
+    assert all(value <= MAX_WER for value in wers.values()), wers
+    assert abs(wers["ctranslate2"] - wers["transformers"]) <= 0.1, wers
+
+
+def test_ct2_segment_and_plain_requests(ct2_handler, audio_bytes):
+    segments = ct2_handler.transcribe(audio_bytes[0], InferenceConfig(language="en"))
+    plain = ct2_handler.transcribe(audio_bytes[0], InferenceConfig(language="en", timestamps="none"))
+    assert segments.words is None and len(segments.chunks) >= 1 and plain.chunks == [] and plain.words is None
+    assert jiwer.wer(normalize(ITEMS[0]["text"]), normalize(plain.text)) <= MAX_WER
+    silence = ct2_handler.transcribe(np.zeros(16000, dtype=np.float32), InferenceConfig(sampling_rate=16000))
+    assert silence.text == "" and silence.strategy == "silence"
+    with pytest.raises(ModelNotConfigured, match="transformers"):
+        ct2_handler.transcribe(audio_bytes[0], InferenceConfig(assisted=True))
+
+
+@pytest.mark.parametrize("timestamps", ["segment", "word"])
+def test_micro_batch_equals_one_at_a_time(ct2_handler, audio_bytes, timestamps):
+    configs = [InferenceConfig(timestamps=timestamps, language=language) for language in (None, "en", None, "en")]
+    alone = [ct2_handler.transcribe(audio, config) for audio, config in zip(audio_bytes, configs)]
+    together = ct2_handler.transcribe_batch(list(zip(audio_bytes, configs)))
+    for one, batched in zip(alone, together):
+        assert not isinstance(batched, Exception), batched
+        assert batched.model_dump(exclude={"timings"}) == one.model_dump(exclude={"timings"})
+
+
+def test_micro_batch_keeps_each_failure_to_its_request(ct2_handler, audio_bytes):
+    results = ct2_handler.transcribe_batch([(audio_bytes[0], InferenceConfig()), (b"not audio", InferenceConfig()), (audio_bytes[1], InferenceConfig(assisted=True)), (audio_bytes[2], InferenceConfig())])
+    assert isinstance(results[1], AudioDecodeError) and isinstance(results[2], ModelNotConfigured)
+    assert results[0].text == ct2_handler.transcribe(audio_bytes[0], InferenceConfig()).text
+    assert results[3].text == ct2_handler.transcribe(audio_bytes[2], InferenceConfig()).text
+
+
+def test_long_form_ct2_stitches_the_whole_recording(ct2_handler):
+    row = next(r for r in load_manifest("asr_long") if r.get("text"))
+    samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples
+    response = ct2_handler.transcribe(samples, InferenceConfig(sampling_rate=16000))
+    assert jiwer.wer(normalize(row["text"]), normalize(response.text)) <= 0.2
+    starts = [c.timestamp[0] for c in response.chunks]
+    assert starts == sorted(starts) and response.chunks[-1].timestamp[1] > row["duration"] - 15
+
+
+def wav(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, 16000, format="WAV")
+    return buffer.getvalue()
+
+
+def test_server_micro_batches_concurrent_requests_with_unchanged_results(start_server, ct2_handler, audio_bytes):
+    server = start_server({"ASR_BACKEND": "ctranslate2", "MICRO_BATCH_SIZE": "8"})
+    expected = [ct2_handler.transcribe(audio, InferenceConfig()).text for audio in audio_bytes]
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await asyncio.gather(*(client.post(f"{server.url}/", content=audio, headers={"Content-Type": "audio/flac" if row["audio"].endswith(".flac") else "audio/wav"}) for audio, row in zip(audio_bytes, ITEMS)))
+
+    responses = asyncio.run(send_all())
+    assert [r.status_code for r in responses] == [200] * len(ITEMS), [r.text for r in responses]
+    assert [r.json()["text"] for r in responses] == expected
+    assert {r.json()["strategy"] for r in responses} == {"ct2-batched"}
+
+
+def test_word_timestamps_leave_the_transformers_model_on_sdpa(handler, audio_bytes):
+    # transformers' Whisper generate switches to eager attention for token timestamps and never back.
+    handler.transcribe(audio_bytes[2], InferenceConfig(timestamps="word", language="en"))
+    assert handler.transcriber.model.config._attn_implementation == "sdpa"
