@@ -223,33 +223,34 @@ def test_ten_minutes_of_speech(tmp_path):
 # --- speculative decoding ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def truncated_draft(tmp_path_factory):
-    """A decoder-only draft of Whisper base: its first two decoder layers as a WhisperForCausalLM
-    (the layout of distil-large-v2's assistant), sharing the main model's tokenizer and encoder."""
+def build_draft(directory, causal: bool):
+    """A draft of Whisper base with its first two decoder layers, as distil-whisper builds them:
+    seq2seq (full encoder + short decoder, like distil-large-v3) or decoder-only as a
+    WhisperForCausalLM that shares the main model's encoder output (like distil-large-v2's assistant)."""
     from transformers import WhisperConfig, WhisperForCausalLM, WhisperForConditionalGeneration
 
-    directory = tmp_path_factory.mktemp("draft")
     base = WhisperForConditionalGeneration.from_pretrained(BASE_MODEL)
     config = WhisperConfig.from_pretrained(BASE_MODEL)
     config.decoder_layers = 2
-    draft = WhisperForCausalLM(config)
-    decoder_state = {k: v for k, v in base.state_dict().items() if k.startswith("model.decoder.")}
-    missing, _ = draft.load_state_dict(decoder_state, strict=False)
-    assert missing == ["proj_out.weight"]  # tied to the token embeddings
+    draft = WhisperForCausalLM(config) if causal else WhisperForConditionalGeneration(config)
+    state = {k: v for k, v in base.state_dict().items() if not causal or k.startswith("model.decoder.")}
+    missing, unexpected = draft.load_state_dict(state, strict=False)
+    assert missing in ([], ["proj_out.weight"])  # tied to the token embeddings
+    assert all(".layers." in k and int(k.split(".layers.")[1].split(".")[0]) >= 2 for k in unexpected if "decoder" in k)
     draft.save_pretrained(directory)
     for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json"):
         shutil.copy(BASE_MODEL / name, directory / name)
     return directory
 
 
-@pytest.mark.parametrize("assistant", ["decoder-only draft", "seq2seq (the base model itself)"])
-def test_assisted_decoding_is_lossless(truncated_draft, assistant):
-    assistant_model = str(truncated_draft) if assistant == "decoder-only draft" else str(BASE_MODEL)
-    handler = EndpointHandler(str(REPO_DIR), settings=ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), assistant_model=assistant_model))
-    # Short (JFK) and long (45 s, two windows: the chunks go through the assistant one at a time).
-    sonnets, rate = soundfile.read(load_manifest("asr_long")[0]["audio"], dtype="float32")
-    inputs = [(DATA_DIR / "asr_short" / "jfk" / "jfk_openai.flac").read_bytes(), wav_bytes(sonnets[: 45 * rate], rate)]
+@pytest.mark.parametrize("causal", [True, False], ids=["decoder-only draft", "seq2seq draft"])
+def test_assisted_decoding_is_lossless(tmp_path, causal):
+    draft = build_draft(tmp_path, causal)
+    handler = EndpointHandler(str(REPO_DIR), settings=ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), assistant_model=str(draft)))
+    inputs = [(DATA_DIR / "asr_short" / "jfk" / "jfk_openai.flac").read_bytes()]
+    if causal:  # and long audio (45 s, two windows): the windows go through the assistant one at a time
+        sonnets, rate = soundfile.read(load_manifest("asr_long")[0]["audio"], dtype="float32")
+        inputs.append(wav_bytes(sonnets[: 45 * rate], rate))
     for audio in inputs:
         greedy = handler({"inputs": audio, "parameters": {"language": "en"}})
         assisted = handler({"inputs": audio, "parameters": {"language": "en", "assisted": True, "batch_size": 24}})
