@@ -16,7 +16,7 @@ import torch
 
 from asr import Request, build_transcriber
 from audio import load_audio
-from config import InferenceConfig, ModelSettings
+from config import InferenceConfig, ModelSettings, Timestamps
 from diarization_utils import Diarizer, merge_speakers
 from errors import AudioDecodeError, ModelNotConfigured
 from schemas import TranscriptionResponse
@@ -79,12 +79,16 @@ class EndpointHandler:
         return results  # type: ignore[return-value]
 
     def _respond(self, audio, config: InferenceConfig, transcript, turns_future, timings: dict[str, float], started: float) -> TranscriptionResponse:
-        speakers, chunks, words = [], transcript.chunks, transcript.words
+        speakers, chunks, words, warnings = [], transcript.chunks, transcript.words, []
         if turns_future is not None:
             turns, timings["diarization"] = turns_future.result()
             speakers, chunks, words = merge_speakers(transcript, turns)
-        if config.timestamps.value != "word":
+            warnings += unmet_speaker_constraints(config, len({t.speaker for t in turns}))
+        if config.timestamps is not Timestamps.word:
+            # Words were decoded for the speaker merge only: show them where they were asked for.
             words = None
+            for turn in speakers:
+                turn.words = None
         timings["total"] = time.perf_counter() - started
         return TranscriptionResponse(
             text=transcript.text,
@@ -96,6 +100,7 @@ class EndpointHandler:
             strategy=transcript.strategy,
             num_speakers=len({s.speaker for s in speakers}),
             timings={k: round(v, 3) for k, v in timings.items()},
+            warnings=warnings,
         )
 
     def _wants_diarization(self, config: InferenceConfig) -> bool:
@@ -112,6 +117,18 @@ class EndpointHandler:
     def _timed(function, *args, **kwargs):
         started = time.perf_counter()
         return function(*args, **kwargs), time.perf_counter() - started
+
+
+def unmet_speaker_constraints(config: InferenceConfig, found: int) -> list[str]:
+    """pyannote only logs when it cannot meet a speaker count (too little speech): say it to the user."""
+    wanted = config.speaker_constraints
+    if "num_speakers" in wanted and found != wanted["num_speakers"]:
+        return [f"num_speakers={wanted['num_speakers']} was asked for but diarization found {found} speaker(s) in this audio"]
+    if found < wanted.get("min_speakers", 0):
+        return [f"min_speakers={wanted['min_speakers']} was asked for but diarization found only {found} speaker(s) in this audio"]
+    if found > wanted.get("max_speakers", found):
+        return [f"max_speakers={wanted['max_speakers']} was asked for but diarization found {found} speaker(s)"]
+    return []
 
 
 def parse_request(data: Any) -> tuple[Any, InferenceConfig]:

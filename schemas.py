@@ -57,3 +57,4 @@ class TranscriptionResponse(BaseModel):
     strategy: str = Field(description="Decoding strategy that ran.")
     num_speakers: int = 0
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds spent per stage.")
+    warnings: list[str] = Field(default_factory=list, description="What could not be done as asked (e.g. an unmet speaker count).")

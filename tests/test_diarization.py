@@ -243,6 +243,20 @@ def test_silence_end_to_end(diarizing_handler):
     assert response["speakers"] == [] and response["num_speakers"] == 0
 
 
+def test_unmet_speaker_count_is_reported_not_hidden(diarizing_handler):
+    """pyannote cannot split a 5 s clip into 3 speakers; the response must say so."""
+    response = diarizing_handler({"inputs": open(DIARIZATION_ITEMS["fw_stereo_diarization"]["audio"], "rb").read(), "parameters": {"num_speakers": 3}})
+    assert response["num_speakers"] != 3
+    assert any("num_speakers=3" in w for w in response["warnings"])
+    # Segment timestamps (the default): words were decoded for the merge but are not shown.
+    assert response["words"] is None and all(turn["words"] is None for turn in response["speakers"])
+
+
+def test_met_speaker_count_has_no_warning(diarizing_handler):
+    response = diarizing_handler({"inputs": open(DIARIZATION_ITEMS["fw_stereo_diarization"]["audio"], "rb").read(), "parameters": {"min_speakers": 1, "max_speakers": 2}})
+    assert response["warnings"] == [] and 1 <= response["num_speakers"] <= 2
+
+
 # --- the merge (pure logic) -----------------------------------------------------------------------------
 
 
