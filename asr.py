@@ -9,6 +9,7 @@ one sequence at a time in transformers, so assisted requests decode the windows 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -251,8 +252,11 @@ class CTranslate2Transcriber:
         device = settings.resolved_device()
         threads = settings.cpu_threads or settings.torch_threads or os.cpu_count() or 1
         logger.info("loading CTranslate2 ASR model %s on %s (%s, %d threads)", location, device, settings.compute_type, threads)
+        # CTranslate2 ran 2-5x slower here when the thread that loaded the model had exited (the
+        # server loads models in a short-lived thread): one long-lived thread loads it and runs it.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctranslate2")
         try:
-            self.model = WhisperModel(location, device="cuda" if device.startswith("cuda") else "cpu", compute_type=settings.compute_type, cpu_threads=threads, local_files_only=True)
+            self.model = self._thread.submit(WhisperModel, location, device="cuda" if device.startswith("cuda") else "cpu", compute_type=settings.compute_type, cpu_threads=threads, local_files_only=True).result()
         except (OSError, RuntimeError, ValueError) as error:
             raise ModelLoadError(f"could not load CTranslate2 model {location!r}: {error}") from None
         self.multilingual = bool(self.model.model.is_multilingual)
@@ -271,7 +275,7 @@ class CTranslate2Transcriber:
     def detect_language(self, samples: np.ndarray) -> str:
         if not self.multilingual:
             return "en"
-        language, _, _ = self.model.detect_language(audio=samples[: TARGET_SAMPLING_RATE * 30])
+        language, _, _ = self._thread.submit(self.model.detect_language, audio=samples[: TARGET_SAMPLING_RATE * 30]).result()
         return language
 
     def transcribe(self, samples: np.ndarray, config: InferenceConfig, want_words: bool = False) -> Transcript:
@@ -283,6 +287,9 @@ class CTranslate2Transcriber:
     def transcribe_batch(self, requests: list[Request]) -> list[Transcript | Exception]:
         """Transcripts of several audios, their chunks decoded together; each failure stays with
         its own request. Requests decode together when they share the decoding options."""
+        return self._thread.submit(self._transcribe_batch, requests).result()
+
+    def _transcribe_batch(self, requests: list[Request]) -> list[Transcript | Exception]:
         results: list[Transcript | Exception | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
@@ -305,7 +312,7 @@ class CTranslate2Transcriber:
                     results[indices[0]] = error
                 else:
                     for index in indices:
-                        results[index] = self.transcribe_batch([requests[index]])[0]
+                        results[index] = self._transcribe_batch([requests[index]])[0]
         return results  # type: ignore[return-value]
 
     def _decode(self, requests: list[Request]) -> list[Transcript]:
