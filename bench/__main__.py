@@ -49,16 +49,19 @@ def load_set(name: str) -> list[dict]:
 
 
 class PeakRSS:
-    """Highest resident set size of this process while the block runs."""
+    """Highest resident set size of a process (this one by default) while the block runs."""
+
+    def __init__(self, pid: int | None = None):
+        self.pid = pid
 
     def __enter__(self) -> "PeakRSS":
-        self.peak, self._stop = psutil.Process().memory_info().rss, threading.Event()
+        self.peak, self._stop = psutil.Process(self.pid).memory_info().rss, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self) -> None:
-        process = psutil.Process()
+        process = psutil.Process(self.pid)
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, process.memory_info().rss)
 
@@ -70,12 +73,12 @@ class PeakRSS:
 # --- the systems: each a factory returning ``transcribe(samples) -> text`` ------------------------
 
 
-def ours(backend: str, **settings) -> Callable[[np.ndarray], str]:
+def ours(backend: str, timestamps: str = "segment", **settings) -> Callable[[np.ndarray], str]:
     from asr import build_transcriber
     from config import InferenceConfig, ModelSettings
 
     transcriber = build_transcriber(ModelSettings(_env_file=None, asr_model=str(BASE), asr_backend=backend, diarization_model=None, assistant_model=None, **settings), REPO_DIR)
-    config = InferenceConfig()  # as deployed: language detected, segment timestamps, batch 24
+    config = InferenceConfig(timestamps=timestamps)  # as deployed: language detected, segment timestamps, batch 24
     return lambda samples: transcriber.transcribe(samples, config).text
 
 
@@ -107,6 +110,9 @@ SYSTEMS: dict[str, Callable[[], Callable[[np.ndarray], str]]] = {
     "ours-transformers": lambda: ours("transformers"),
     "ours-ct2-int8": lambda: ours("ctranslate2", compute_type="int8"),
     "ours-ct2-fp32": lambda: ours("ctranslate2", compute_type="float32"),
+    "ours-ct2-int8-notimestamps": lambda: ours("ctranslate2", compute_type="int8", timestamps="none"),
+    "ours-ct2-int8-words": lambda: ours("ctranslate2", compute_type="int8", timestamps="word"),
+    "ours-transformers-words": lambda: ours("transformers", timestamps="word"),
     "blog-pipeline": blog,
     "fw-int8": lambda: faster_whisper("int8", batched=False),
     "fw-int8-batched8": lambda: faster_whisper("int8", batched=True),
@@ -133,12 +139,16 @@ def run_system(name: str, sets: dict[str, list[dict]]) -> dict:
         transcribe(sets[next(iter(sets))][0]["samples"][:16000 * 5])  # warm-up (first-call allocations)
         for set_name, rows in sets.items():
             latencies, texts = [], []
+            cpu_started = sum(psutil.Process().cpu_times()[:2])
             for row in rows:
                 started = time.perf_counter()
                 texts.append(transcribe(row["samples"]))
                 latencies.append(time.perf_counter() - started)
             audio_s = sum(len(r["samples"]) for r in rows) / 16000
+            cpu_s = sum(psutil.Process().cpu_times()[:2]) - cpu_started
             result[set_name] = {
+                # CPU seconds (user + system) are far less sensitive to other processes' load than wall time.
+                "cpu_s": round(cpu_s, 1),
                 "audio_s": round(audio_s, 1),
                 "wall_s": round(sum(latencies), 2),
                 "x_realtime": round(audio_s / sum(latencies), 2),
@@ -171,7 +181,6 @@ def server_throughput(env: dict[str, str], rows: list[dict], concurrency: tuple[
     server = LiveServer({"ASR_MODEL": str(BASE), "ASSISTANT_MODEL": "", "DIARIZATION_MODEL": "", "API_KEY": "", **env})
     out: dict = {"env": env}
     try:
-        process = psutil.Process(server.process.pid)
 
         async def client(http: httpx.AsyncClient, jobs: list[tuple[bytes, float]]) -> None:
             for body, _ in jobs:
@@ -187,13 +196,12 @@ def server_throughput(env: dict[str, str], rows: list[dict], concurrency: tuple[
                 await asyncio.gather(*(client(http, share) for share in shares))
                 return time.perf_counter() - started
 
-        peak = 0
-        for clients in concurrency:
-            wall = asyncio.run(load(clients))
-            peak = max(peak, process.memory_info().rss)
-            audio = sum(seconds for _, seconds in bodies) * rounds
-            out[f"clients_{clients}"] = {"requests_per_s": round(len(bodies) * rounds / wall, 3), "audio_s_per_s": round(audio / wall, 2)}
-        out["rss_mib_after"] = round(peak / 2**20)
+        with PeakRSS(server.process.pid) as rss:
+            for clients in concurrency:
+                wall = asyncio.run(load(clients))
+                audio = sum(seconds for _, seconds in bodies) * rounds
+                out[f"clients_{clients}"] = {"requests_per_s": round(len(bodies) * rounds / wall, 3), "audio_s_per_s": round(audio / wall, 2)}
+        out["peak_rss_mib"] = round(rss.peak / 2**20)
         base = out[f"clients_{concurrency[0]}"]["requests_per_s"]
         out["speedup_vs_1_client"] = {str(c): round(out[f"clients_{c}"]["requests_per_s"] / base, 2) for c in concurrency}
     finally:
@@ -222,11 +230,11 @@ def diarization_speed(rows: list[dict]) -> dict:
 def print_table(report: dict) -> None:
     print(f"\nload average at start {report['loadavg_start']}, at end {report['loadavg_end']}; {report['cpus']} CPUs")
     sets = report["sets"]
-    header = "| system | " + " | ".join(f"{s}: WER / x real time / RTF / p50 / p95 s" for s in sets) + " | peak RSS MiB |"
+    header = "| system | " + " | ".join(f"{s}: WER / x real time / RTF / CPU s / p50 / p95 s" for s in sets) + " | peak RSS MiB |"
     print(header)
     print("|" + "---|" * (len(sets) + 2))
     for r in report["systems"]:
-        cells = [f"{r[s]['wer']} / x{r[s]['x_realtime']} / {r[s]['rtf']} / {r[s]['p50_s']} / {r[s]['p95_s']}" for s in sets]
+        cells = [f"{r[s]['wer']} / x{r[s]['x_realtime']} / {r[s]['rtf']} / {r[s]['cpu_s']} / {r[s]['p50_s']} / {r[s]['p95_s']}" for s in sets]
         print(f"| {r['system']} | " + " | ".join(cells) + f" | {r['peak_rss_mib']} |")
     for name, server in report.get("server", {}).items():
         print(f"\nserver {name}: " + json.dumps(server))
@@ -250,15 +258,31 @@ def main() -> None:
         print(f"running {name} …", file=sys.stderr, flush=True)
         report["systems"].append(run_system(name, sets))
         print(json.dumps(report["systems"][-1]), file=sys.stderr, flush=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))  # partial results survive a later failure
     if not args.no_server:
         short = [r for r in load_set("asr_short") if len(r["samples"]) <= 16000 * 30][:8]
         report["server"] = {}
         for backend in args.server_backends.split(","):
             for batch in ("1", "8"):
                 print(f"server {backend} micro_batch {batch} …", file=sys.stderr, flush=True)
-                report["server"][f"{backend}-batch{batch}"] = server_throughput({"ASR_BACKEND": backend, "MICRO_BATCH_SIZE": batch}, short)
+                try:
+                    report["server"][f"{backend}-batch{batch}"] = server_throughput({"ASR_BACKEND": backend, "MICRO_BATCH_SIZE": batch}, short)
+                except Exception as error:  # keep the other figures
+                    report["server"][f"{backend}-batch{batch}"] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+                print(json.dumps(report["server"][f"{backend}-batch{batch}"]), file=sys.stderr, flush=True)
+                Path(args.json).write_text(json.dumps(report, indent=2))
+        diarization = REPO_DIR / "models" / "pyannote-diarization"
+        if diarization.is_dir():  # the RSS goal: base + diarization loaded, diarizing requests
+            print("server ctranslate2 with diarization …", file=sys.stderr, flush=True)
+            try:
+                report["server"]["ctranslate2-batch8-diarization"] = server_throughput({"ASR_BACKEND": "ctranslate2", "MICRO_BATCH_SIZE": "8", "DIARIZATION_MODEL": str(diarization)}, short, rounds=1)
+            except Exception as error:
+                report["server"]["ctranslate2-batch8-diarization"] = {"error": f"{type(error).__name__}: {error}"[:2000]}
     if not args.no_diarization:
-        report["diarization"] = diarization_speed(load_set("diarization")[:4])
+        try:
+            report["diarization"] = diarization_speed(load_set("diarization")[:4])
+        except Exception as error:
+            report["diarization"] = {"error": f"{type(error).__name__}: {error}"[:2000]}
     report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.json).write_text(json.dumps(report, indent=2))
     print_table(report)
