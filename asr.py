@@ -8,6 +8,7 @@ one sequence at a time in transformers, so assisted requests decode the windows 
 
 from __future__ import annotations
 
+import copy
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -74,6 +75,7 @@ class WhisperTranscriber:
             self.model = AutoModelForSpeechSeq2Seq.from_pretrained(location, dtype=self.dtype, attn_implementation=settings.attn_implementation, token=token).to(self.device).eval()
         except OSError as error:
             raise ModelLoadError(f"could not load ASR model {settings.asr_model!r}: {error}") from None
+        self._keep_encoder_attention()
         processor = _load_processor(location, token)
         self.tokenizer = processor.tokenizer
         self.feature_extractor = processor.feature_extractor
@@ -81,6 +83,17 @@ class WhisperTranscriber:
         self.multilingual = bool(getattr(self.generation_config, "is_multilingual", False))
         self.pipeline = WhisperPipeline(model=self.model, tokenizer=self.tokenizer, feature_extractor=self.feature_extractor, device=self.model.device, dtype=self.dtype)
         self.assistant = self._load_assistant(settings, base_dir, token) if settings.assistant_model else None
+
+    def _keep_encoder_attention(self) -> None:
+        """Word timestamps need the decoder's cross-attention weights, so transformers' Whisper
+        generate switches the model's config to eager attention, and the encoder, whose weights
+        nobody reads and which does most of the CPU work, ran eager too (word requests cost 3-4x
+        segment ones). The encoder gets its own copy of the config, so it stays on SDPA."""
+        shared = self.model.config
+        own = copy.copy(shared)
+        for module in self.model.get_encoder().modules():
+            if getattr(module, "config", None) is shared:
+                module.config = own
 
     def _load_assistant(self, settings: ModelSettings, base_dir: str | Path, token: str | None):
         location = locate_model(settings.assistant_model, base_dir)
