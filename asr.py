@@ -55,6 +55,16 @@ class WhisperPipeline(AutomaticSpeechRecognitionPipeline):
         return result
 
 
+def check_language_support(config: InferenceConfig, multilingual: bool) -> None:
+    """English-only checkpoints (*.en) neither translate nor transcribe other languages."""
+    if multilingual:
+        return
+    if config.task is Task.translate:
+        raise InvalidParameters("task=translate needs a multilingual model; this endpoint's model is English-only")
+    if config.language not in (None, "en"):
+        raise InvalidParameters(f"language={config.language!r} is not supported by this English-only model")
+
+
 def _load_processor(location: str, token: str | None):
     try:
         return AutoProcessor.from_pretrained(location, token=token)
@@ -115,11 +125,7 @@ class WhisperTranscriber:
         """Refuse what this deployment cannot do, before any audio is decoded."""
         if config.assisted and self.assistant is None:
             raise ModelNotConfigured("assisted=true needs an assistant model; this endpoint has none (set ASSISTANT_MODEL)")
-        if not self.multilingual:
-            if config.task is Task.translate:
-                raise InvalidParameters("task=translate needs a multilingual model; this endpoint's model is English-only")
-            if config.language not in (None, "en"):
-                raise InvalidParameters(f"language={config.language!r} is not supported by this English-only model")
+        check_language_support(config, self.multilingual)
 
     def detect_language(self, samples: np.ndarray) -> str:
         """Language of the first 30 s, as openai-whisper decides it for a whole file."""
@@ -150,6 +156,9 @@ class WhisperTranscriber:
         return_timestamps: bool | str = "word" if words_needed else config.timestamps is Timestamps.segment
         # English-only checkpoints take neither task nor language tokens.
         generate_kwargs: dict[str, Any] = {"task": config.task.value, "language": language} if self.multilingual else {}
+        # Always explicit: the ASR pipeline otherwise falls back to 5 beams for checkpoints whose
+        # generation config names none (openai's hub checkpoints among them).
+        generate_kwargs["num_beams"] = config.num_beams
         if config.temperature > 0:
             generate_kwargs.update(do_sample=True, temperature=config.temperature)
         if config.prompt:
@@ -279,11 +288,7 @@ class CTranslate2Transcriber:
         if config.assisted:
             # CTranslate2 has no speculative decoding for Whisper; its plain decoding is the fast path.
             raise ModelNotConfigured("assisted=true needs the transformers backend with an assistant model; this endpoint runs asr_backend=ctranslate2")
-        if not self.multilingual:
-            if config.task is Task.translate:
-                raise InvalidParameters("task=translate needs a multilingual model; this endpoint's model is English-only")
-            if config.language not in (None, "en"):
-                raise InvalidParameters(f"language={config.language!r} is not supported by this English-only model")
+        check_language_support(config, self.multilingual)
 
     def detect_language(self, samples: np.ndarray) -> str:
         if not self.multilingual:
@@ -350,7 +355,7 @@ class CTranslate2Transcriber:
             rows += [_Row(r, meta["offset"], meta["duration"], model.feature_extractor(chunk)[..., :-1]) for chunk, meta in zip(chunks, metadata)]
         languages: list[str | None] = [request.config.language if self.multilingual else "en" for request in requests]
         previous = model.hf_tokenizer.encode(" " + config.prompt.strip(), add_special_tokens=False).ids if config.prompt else []
-        options = dict(beam_size=1, max_length=model.max_length, return_scores=True, return_no_speech_prob=True, suppress_blank=True)
+        options = dict(beam_size=config.num_beams, max_length=model.max_length, return_scores=True, return_no_speech_prob=True, suppress_blank=True)
         if config.temperature > 0:
             options.update(sampling_topk=0, sampling_temperature=config.temperature)
         segments: list[list[tuple[float, dict]]] = [[] for _ in requests]
@@ -443,4 +448,4 @@ def _options_key(request: Request) -> tuple:
     and timestamp needs (the language may differ: only the language token changes)."""
     config = request.config
     words = request.want_words or config.timestamps is Timestamps.word
-    return (config.task, config.prompt, config.temperature, config.chunk_length_s, config.batch_size, words, config.timestamps is Timestamps.none)
+    return (config.task, config.prompt, config.temperature, config.num_beams, config.chunk_length_s, config.batch_size, words, config.timestamps is Timestamps.none)

@@ -103,7 +103,8 @@ class InferenceConfig(BaseModel):
     num_speakers: int | None = Field(None, ge=1, le=64)
     min_speakers: int | None = Field(None, ge=1, le=64)
     max_speakers: int | None = Field(None, ge=1, le=64)
-    temperature: float = Field(0.0, ge=0.0, le=1.0, description="0 decodes greedily.")
+    temperature: float = Field(0.0, ge=0.0, le=1.0, description="0 decodes deterministically; > 0 samples.")
+    num_beams: int = Field(1, ge=1, le=10, description="1 is greedy (as faster-whisper's batched pipeline); 5 is openai-whisper's beam search.")
     prompt: str | None = Field(None, max_length=2000, description="Text that conditions the decoder (style, spelling).")
 
     @field_validator("language", mode="before")
@@ -126,6 +127,10 @@ class InferenceConfig(BaseModel):
             raise ValueError("num_speakers cannot be combined with min_speakers/max_speakers")
         if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
             raise ValueError(f"min_speakers ({self.min_speakers}) is greater than max_speakers ({self.max_speakers})")
+        if self.num_beams > 1 and self.assisted:
+            raise ValueError("assisted (speculative) decoding is greedy: it cannot be combined with num_beams > 1")
+        if self.num_beams > 1 and self.temperature > 0:
+            raise ValueError("temperature > 0 samples; it cannot be combined with num_beams > 1")
         if self.diarize is False and any(v is not None for v in (self.num_speakers, self.min_speakers, self.max_speakers)):
             raise ValueError("speaker counts were given but diarize is false")
         return self

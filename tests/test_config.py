@@ -16,6 +16,7 @@ def test_defaults_match_the_blog_handler():
     config = InferenceConfig.parse(None)
     assert (config.task, config.batch_size, config.assisted, config.chunk_length_s, config.sampling_rate) == (Task.transcribe, 24, False, 30.0, 16000)
     assert config.language is None and config.num_speakers is None and config.timestamps is Timestamps.segment
+    assert config.num_beams == 1 and config.temperature == 0  # greedy unless asked
 
 
 def test_unknown_parameter_lists_the_valid_ones():
@@ -40,6 +41,8 @@ def test_unknown_parameter_lists_the_valid_ones():
         ({"language": "klingon"}, "unknown language 'klingon'"),
         ({"num_speakers": -1}, "num_speakers"),
         ({"temperature": 3}, "temperature"),
+        ({"num_beams": 5, "assisted": True}, "cannot be combined with num_beams"),
+        ({"num_beams": 5, "temperature": 0.5}, "cannot be combined with num_beams"),
     ],
 )
 def test_bad_parameters_name_the_problem(parameters, message):

@@ -78,6 +78,11 @@ def test_word_timestamps_are_monotonic_and_cover_the_text(handler, jfk_flac):
     assert output["chunks"]  # segments too, from the same tokens
 
 
+def test_beam_search(handler, jfk_flac):
+    output = handler({"inputs": jfk_flac, "parameters": {"num_beams": 3, "language": "en"}})
+    assert wer(JFK_WORDS, output["text"]) < 0.05
+
+
 def test_no_timestamps(handler, jfk_flac):
     output = handler({"inputs": jfk_flac, "parameters": {"timestamps": "none", "language": "en"}})
     assert output["chunks"] == [] and output["words"] is None and wer(JFK_WORDS, output["text"]) < 0.05
