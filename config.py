@@ -94,7 +94,7 @@ class InferenceConfig(BaseModel):
 
     task: Task = Task.transcribe
     batch_size: int = Field(24, ge=1, le=256, description="Chunks decoded per forward pass.")
-    assisted: bool = Field(False, description="Speculative decoding with the assistant model.")
+    assisted: bool | Literal["auto"] = Field(False, description="Speculative decoding with the assistant model; 'auto' uses it for audio that fits one window, where it wins, and batched decoding for longer audio.")
     chunk_length_s: float = Field(30.0, gt=0, le=30, description="Window of chunked long-form decoding.")
     sampling_rate: int = Field(16000, ge=1000, le=384000, description="Rate of raw PCM sample arrays.")
     language: str | None = Field(None, description="Language code or name; None detects it.")
@@ -104,7 +104,7 @@ class InferenceConfig(BaseModel):
     min_speakers: int | None = Field(None, ge=1, le=64)
     max_speakers: int | None = Field(None, ge=1, le=64)
     temperature: float = Field(0.0, ge=0.0, le=1.0, description="0 decodes deterministically; > 0 samples.")
-    num_beams: int = Field(1, ge=1, le=10, description="1 is greedy (as faster-whisper's batched pipeline); 5 is openai-whisper's beam search.")
+    num_beams: int | None = Field(None, ge=1, le=10, description="Beam width; default: the backend's (transformers pipeline: 5, as openai-whisper; ctranslate2: 1, greedy, as faster-whisper's batched pipeline).")
     prompt: str | None = Field(None, max_length=2000, description="Text that conditions the decoder (style, spelling).")
 
     @field_validator("language", mode="before")
@@ -127,9 +127,9 @@ class InferenceConfig(BaseModel):
             raise ValueError("num_speakers cannot be combined with min_speakers/max_speakers")
         if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
             raise ValueError(f"min_speakers ({self.min_speakers}) is greater than max_speakers ({self.max_speakers})")
-        if self.num_beams > 1 and self.assisted:
+        if (self.num_beams or 1) > 1 and self.assisted is True:
             raise ValueError("assisted (speculative) decoding is greedy: it cannot be combined with num_beams > 1")
-        if self.num_beams > 1 and self.temperature > 0:
+        if (self.num_beams or 1) > 1 and self.temperature > 0:
             raise ValueError("temperature > 0 samples; it cannot be combined with num_beams > 1")
         if self.diarize is False and any(v is not None for v in (self.num_speakers, self.min_speakers, self.max_speakers)):
             raise ValueError("speaker counts were given but diarize is false")

@@ -16,7 +16,7 @@ def test_defaults_match_the_blog_handler():
     config = InferenceConfig.parse(None)
     assert (config.task, config.batch_size, config.assisted, config.chunk_length_s, config.sampling_rate) == (Task.transcribe, 24, False, 30.0, 16000)
     assert config.language is None and config.num_speakers is None and config.timestamps is Timestamps.segment
-    assert config.num_beams == 1 and config.temperature == 0  # greedy unless asked
+    assert config.num_beams is None and config.temperature == 0  # the backend's default decoding
 
 
 def test_unknown_parameter_lists_the_valid_ones():

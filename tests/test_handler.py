@@ -263,3 +263,7 @@ def test_assisted_decoding_is_lossless(tmp_path, causal):
         assert assisted["strategy"] == "assisted-sequential" and greedy["strategy"] == "batched"
         assert assisted["text"] == greedy["text"]
         assert assisted["chunks"] == greedy["chunks"]
+        # 'auto': the assistant for audio that fits one window, batched decoding beyond.
+        auto = handler({"inputs": audio, "parameters": {"language": "en", "assisted": "auto"}})
+        assert auto["strategy"] == ("assisted-sequential" if auto["duration"] <= 30 else "batched")
+        assert auto["text"] == greedy["text"]
