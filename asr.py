@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,7 +23,9 @@ from transformers import (
     AutoModelForSpeechSeq2Seq,
     AutomaticSpeechRecognitionPipeline,
     AutoProcessor,
+    GenerationMixin,
     WhisperForCausalLM,
+    WhisperForConditionalGeneration,
 )
 
 from audio import TARGET_SAMPLING_RATE
@@ -72,6 +76,47 @@ def _load_processor(location: str, token: str | None):
         raise ModelLoadError(f"could not load the processor of {location!r}: {error}") from None
 
 
+class SeqToSeqDraft(WhisperForConditionalGeneration):
+    """A seq2seq draft (distil-large-v3 style) that proposes tokens with the plain ``generate``.
+    Whisper's own ``generate`` rebuilds its prompt and long-form loop around the decoder input it
+    is given, so as a draft (transformers 5.x) it ran past the 448 decoder positions and failed."""
+
+    generate = GenerationMixin.generate
+
+
+class SpeculationPolicy:
+    """Whether speculative decoding is the faster choice for one-window audio on this deployment.
+
+    It depends on the draft and the hardware: the blog measured 2.4x faster with distil-whisper on
+    a GPU; a weak draft, or a CPU where every draft step costs nearly a main-model step, makes it
+    slower (2x slower here with an untrained two-layer draft of Whisper base). Greedy speculative
+    decoding gives the same text as plain greedy decoding, so 'auto' can time both on live requests
+    and keep the faster: each is tried ``warmup`` times, then the slower one every ``recheck``-th
+    request, in case the load changes. Cost per request: decoding seconds per audio second (EWMA)."""
+
+    def __init__(self, warmup: int = 2, recheck: int = 20, smoothing: float = 0.3):
+        self.warmup, self.recheck, self.smoothing = warmup, recheck, smoothing
+        self.cost: dict[bool, float] = {}
+        self.trials = {True: 0, False: 0}
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def choose(self) -> bool:
+        with self._lock:
+            self.requests += 1
+            for assisted in (True, False):
+                if self.trials[assisted] < self.warmup:
+                    return assisted
+            faster = self.cost[True] <= self.cost[False]
+            return (not faster) if self.requests % self.recheck == 0 else faster
+
+    def record(self, assisted: bool, seconds_per_audio_second: float) -> None:
+        with self._lock:
+            self.trials[assisted] += 1
+            previous = self.cost.get(assisted)
+            self.cost[assisted] = seconds_per_audio_second if previous is None else previous + self.smoothing * (seconds_per_audio_second - previous)
+
+
 class WhisperTranscriber:
     """Owns the Whisper model, its processor and the optional assistant; decodes audio to text."""
 
@@ -93,6 +138,7 @@ class WhisperTranscriber:
         self.multilingual = bool(getattr(self.generation_config, "is_multilingual", False))
         self.pipeline = WhisperPipeline(model=self.model, tokenizer=self.tokenizer, feature_extractor=self.feature_extractor, device=self.model.device, dtype=self.dtype)
         self.assistant = self._load_assistant(settings, base_dir, token) if settings.assistant_model else None
+        self.speculation = SpeculationPolicy()
 
     def _keep_encoder_attention(self) -> None:
         """Word timestamps need the decoder's cross-attention weights, so transformers' Whisper
@@ -111,7 +157,7 @@ class WhisperTranscriber:
         try:
             config = AutoConfig.from_pretrained(location, token=token)
             # Decoder-only drafts (distil-large-v2's assistant) reuse the main model's encoder output.
-            model_class = WhisperForCausalLM if "WhisperForCausalLM" in (config.architectures or []) else AutoModelForSpeechSeq2Seq
+            model_class = WhisperForCausalLM if "WhisperForCausalLM" in (config.architectures or []) else SeqToSeqDraft
             assistant = model_class.from_pretrained(location, dtype=self.dtype, attn_implementation=self.model.config._attn_implementation, token=token)
         except OSError as error:
             raise ModelLoadError(f"could not load assistant model {settings.assistant_model!r}: {error}") from None
@@ -127,12 +173,10 @@ class WhisperTranscriber:
             raise ModelNotConfigured("assisted=true needs an assistant model; this endpoint has none (set ASSISTANT_MODEL)")
         check_language_support(config, self.multilingual)
 
-    def use_assistant(self, config: InferenceConfig, duration: float) -> bool:
-        """Speculative decoding wins on one window (the blog: 2.4x on 8 s) and loses on long audio,
-        where it must give up batching (4.15 vs 3.48 s on 60 s): 'auto' picks by duration."""
-        if config.assisted == "auto":
-            return self.assistant is not None and config.num_beams in (None, 1) and config.temperature == 0 and duration <= config.chunk_length_s
-        return config.assisted
+    def auto_eligible(self, config: InferenceConfig, duration: float) -> bool:
+        """Whether 'auto' weighs speculative decoding at all: it loses on long audio, where it must
+        give up batching (the blog: 4.15 vs 3.48 s on 60 s), and it is greedy only."""
+        return config.assisted == "auto" and self.assistant is not None and config.num_beams in (None, 1) and config.temperature == 0 and duration <= config.chunk_length_s
 
     def detect_language(self, samples: np.ndarray) -> str:
         """Language of the first 30 s, as openai-whisper decides it for a whole file."""
@@ -155,7 +199,8 @@ class WhisperTranscriber:
         """Transcribe 16 kHz mono samples. ``want_words`` asks for word timestamps even when the
         response does not show them (the diarization merge needs them)."""
         self.check(config)
-        assisted = self.use_assistant(config, len(samples) / TARGET_SAMPLING_RATE)
+        timed = self.auto_eligible(config, len(samples) / TARGET_SAMPLING_RATE)
+        assisted = self.speculation.choose() if timed else config.assisted is True
         strategy = "assisted-sequential" if assisted else "batched"
         if len(samples) == 0 or float(np.abs(samples).max()) < SILENCE_PEAK:
             return Transcript(text="", chunks=[], words=[] if want_words or config.timestamps is Timestamps.word else None, language=config.language, strategy="silence")
@@ -167,8 +212,11 @@ class WhisperTranscriber:
         # Unset, the ASR pipeline decodes with 5 beams (openai-whisper's choice) for checkpoints whose
         # generation config names none; plain greedy (no temperature fallback) loses accuracy here:
         # measured 0.165 WER vs 0.103 on the dev short set.
-        if config.num_beams is not None:
-            generate_kwargs["num_beams"] = config.num_beams
+        if config.num_beams is not None or timed or assisted:
+            # Speculative decoding is greedy: with the pipeline's default of 5 beams transformers
+            # would silently ignore the assistant. 'auto' decodes greedily either way, so its
+            # choice changes the speed, never the text.
+            generate_kwargs["num_beams"] = config.num_beams or 1
         if config.temperature > 0:
             generate_kwargs.update(do_sample=True, temperature=config.temperature)
         if config.prompt:
@@ -176,6 +224,7 @@ class WhisperTranscriber:
         if assisted:
             generate_kwargs["assistant_model"] = self.assistant
         attention = self.model.config._attn_implementation
+        started = time.perf_counter()
         try:
             with torch.inference_mode():
                 output = self.pipeline(
@@ -192,6 +241,8 @@ class WhisperTranscriber:
             # request of the process, segment-level ones included, would run eager attention.
             self.model.config._attn_implementation = attention
         duration = len(samples) / TARGET_SAMPLING_RATE
+        if timed:
+            self.speculation.record(assisted, (time.perf_counter() - started) / duration)
         segments = output.get("segments") if words_needed else output.get("chunks")
         chunks = [_chunk(c, duration) for c in segments or []] if return_timestamps else []
         words = [_word(c, duration) for c in output.get("chunks", [])] if words_needed else None

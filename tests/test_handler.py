@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ from config import InferenceConfig, ModelSettings
 from conftest import BASE_MODEL, DATA_DIR, REPO_DIR, TINY_EN_MODEL, load_manifest
 from errors import AudioDecodeError, EndpointError, InvalidParameters, ModelNotConfigured
 from handler import EndpointHandler
+from scripts.make_draft import build_draft
 
 normalize = EnglishTextNormalizer()
 JFK_WORDS = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
@@ -229,41 +229,47 @@ def test_ten_minutes_of_speech(tmp_path):
 # --- speculative decoding ------------------------------------------------------------------------
 
 
-def build_draft(directory, causal: bool):
-    """A draft of Whisper base with its first two decoder layers, as distil-whisper builds them:
-    seq2seq (full encoder + short decoder, like distil-large-v3) or decoder-only as a
-    WhisperForCausalLM that shares the main model's encoder output (like distil-large-v2's assistant)."""
-    from transformers import WhisperConfig, WhisperForCausalLM, WhisperForConditionalGeneration
-
-    base = WhisperForConditionalGeneration.from_pretrained(BASE_MODEL)
-    config = WhisperConfig.from_pretrained(BASE_MODEL)
-    config.decoder_layers = 2
-    draft = WhisperForCausalLM(config) if causal else WhisperForConditionalGeneration(config)
-    state = {k: v for k, v in base.state_dict().items() if not causal or k.startswith("model.decoder.")}
-    missing, unexpected = draft.load_state_dict(state, strict=False)
-    assert missing in ([], ["proj_out.weight"])  # tied to the token embeddings
-    assert all(".layers." in k and int(k.split(".layers.")[1].split(".")[0]) >= 2 for k in unexpected if "decoder" in k)
-    draft.save_pretrained(directory)
-    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json"):
-        shutil.copy(BASE_MODEL / name, directory / name)
-    return directory
-
-
 @pytest.mark.parametrize("causal", [True, False], ids=["decoder-only draft", "seq2seq draft"])
 def test_assisted_decoding_is_lossless(tmp_path, causal):
-    draft = build_draft(tmp_path, causal)
+    draft = build_draft(BASE_MODEL, tmp_path, causal=causal)
     handler = EndpointHandler(str(REPO_DIR), settings=ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), assistant_model=str(draft)))
     inputs = [(DATA_DIR / "asr_short" / "jfk" / "jfk_openai.flac").read_bytes()]
     if causal:  # and long audio (45 s, two windows): the windows go through the assistant one at a time
         sonnets, rate = soundfile.read(load_manifest("asr_long")[0]["audio"], dtype="float32")
         inputs.append(wav_bytes(sonnets[: 45 * rate], rate))
     for audio in inputs:
-        greedy = handler({"inputs": audio, "parameters": {"language": "en"}})
+        default = handler({"inputs": audio, "parameters": {"language": "en"}})  # the pipeline's 5 beams
+        plain = handler({"inputs": audio, "parameters": {"language": "en", "num_beams": 1}})
         assisted = handler({"inputs": audio, "parameters": {"language": "en", "assisted": True, "batch_size": 24}})
-        assert assisted["strategy"] == "assisted-sequential" and greedy["strategy"] == "batched"
-        assert assisted["text"] == greedy["text"]
-        assert assisted["chunks"] == greedy["chunks"]
-        # 'auto': the assistant for audio that fits one window, batched decoding beyond.
-        auto = handler({"inputs": audio, "parameters": {"language": "en", "assisted": "auto"}})
-        assert auto["strategy"] == ("assisted-sequential" if auto["duration"] <= 30 else "batched")
-        assert auto["text"] == greedy["text"]
+        assert assisted["strategy"] == "assisted-sequential" and plain["strategy"] == "batched"
+        assert assisted["text"] == plain["text"]
+        assert assisted["chunks"] == plain["chunks"]
+        # 'auto': batched decoding beyond one window; within it, whichever of speculative and plain
+        # greedy decoding it has timed faster (each tried twice first), with the same text either way.
+        autos = [handler({"inputs": audio, "parameters": {"language": "en", "assisted": "auto"}}) for _ in range(4 if causal else 1)]
+        if autos[0]["duration"] > 30:  # not weighed: the request's own decoding settings apply
+            assert {auto["strategy"] for auto in autos} == {"batched"}
+            assert {auto["text"] for auto in autos} == {default["text"]}
+        else:
+            assert [auto["strategy"] for auto in autos] == ["assisted-sequential", "assisted-sequential", "batched", "batched"][: len(autos)]
+            assert {auto["text"] for auto in autos} == {plain["text"]}
+
+
+def test_speculation_policy_keeps_the_faster_choice_and_rechecks_the_other():
+    from asr import SpeculationPolicy
+
+    policy = SpeculationPolicy(warmup=2, recheck=10)
+    speed = {True: 0.2, False: 0.1}  # here plain greedy decoding is twice as fast
+    choices = []
+    for _ in range(40):
+        assisted = policy.choose()
+        choices.append(assisted)
+        policy.record(assisted, speed[assisted])
+    assert choices[:4] == [True, True, False, False]
+    assert choices[4:].count(True) == 4  # only the rechecks, every 10th request
+    # The load changes: speculative decoding becomes the faster; a few rechecks later auto follows.
+    speed = {True: 0.05, False: 0.1}
+    for _ in range(40):
+        assisted = policy.choose()
+        policy.record(assisted, speed[assisted])
+    assert [policy.choose() for _ in range(5)].count(True) >= 4
