@@ -73,13 +73,27 @@ class PeakRSS:
 # --- the systems: each a factory returning ``transcribe(samples) -> text`` ------------------------
 
 
-def ours(backend: str, timestamps: str = "segment", **settings) -> Callable[[np.ndarray], str]:
+def ours(backend: str, timestamps: str = "segment", parameters: dict | None = None, **settings) -> Callable[[np.ndarray], str]:
     from asr import build_transcriber
     from config import InferenceConfig, ModelSettings
 
-    transcriber = build_transcriber(ModelSettings(_env_file=None, asr_model=str(BASE), asr_backend=backend, diarization_model=None, assistant_model=None, **settings), REPO_DIR)
-    config = InferenceConfig(timestamps=timestamps)  # as deployed: language detected, segment timestamps, batch 24
+    settings = {"diarization_model": None, "assistant_model": None, **settings}
+    transcriber = build_transcriber(ModelSettings(_env_file=None, asr_model=str(BASE), asr_backend=backend, **settings), REPO_DIR)
+    config = InferenceConfig(timestamps=timestamps, **(parameters or {}))  # as deployed: language detected, segment timestamps, batch 24
     return lambda samples: transcriber.transcribe(samples, config).text
+
+
+def speculative(assisted: bool | str) -> Callable[[np.ndarray], str]:
+    """Greedy transformers decoding with or without a draft (speculative decoding is greedy).
+    No distil-whisper weights are reachable offline: the draft is Whisper base's encoder output and
+    its first and last decoder layers, untrained (distil-whisper's initialisation), so it is a weak
+    drafter; the rows measure what speculative decoding costs or saves with it on this machine."""
+    import tempfile
+
+    from scripts.make_draft import build_draft
+
+    draft = build_draft(BASE, Path(tempfile.mkdtemp(prefix="draft-")), layers=(0, 5), causal=True)
+    return ours("transformers", parameters={"num_beams": 1, "assisted": assisted}, assistant_model=str(draft))
 
 
 def blog() -> Callable[[np.ndarray], str]:
@@ -96,13 +110,14 @@ def blog() -> Callable[[np.ndarray], str]:
     return run
 
 
-def faster_whisper(compute_type: str, batched: bool) -> Callable[[np.ndarray], str]:
+def faster_whisper(compute_type: str, batched: bool, timestamps: bool = False) -> Callable[[np.ndarray], str]:
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     model = WhisperModel(str(BASE_CT2), device="cpu", compute_type=compute_type, cpu_threads=os.cpu_count() or 1, local_files_only=True)
     if batched:
+        # Its default decodes without timestamp tokens (one segment per VAD chunk of up to 30 s).
         pipeline = BatchedInferencePipeline(model)
-        return lambda samples: "".join(s.text for s in pipeline.transcribe(samples, language="en", beam_size=1, batch_size=8)[0])
+        return lambda samples: "".join(s.text for s in pipeline.transcribe(samples, language="en", beam_size=1, batch_size=8, without_timestamps=not timestamps)[0])
     return lambda samples: "".join(s.text for s in model.transcribe(samples, language="en", beam_size=1)[0])
 
 
@@ -113,9 +128,13 @@ SYSTEMS: dict[str, Callable[[], Callable[[np.ndarray], str]]] = {
     "ours-ct2-int8-notimestamps": lambda: ours("ctranslate2", compute_type="int8", timestamps="none"),
     "ours-ct2-int8-words": lambda: ours("ctranslate2", compute_type="int8", timestamps="word"),
     "ours-transformers-words": lambda: ours("transformers", timestamps="word"),
+    "ours-transformers-greedy": lambda: speculative(False),
+    "ours-transformers-assisted": lambda: speculative(True),
+    "ours-transformers-auto": lambda: speculative("auto"),
     "blog-pipeline": blog,
     "fw-int8": lambda: faster_whisper("int8", batched=False),
     "fw-int8-batched8": lambda: faster_whisper("int8", batched=True),
+    "fw-int8-batched8-timestamps": lambda: faster_whisper("int8", batched=True, timestamps=True),
     "fw-fp32": lambda: faster_whisper("float32", batched=False),
     "fw-fp32-batched8": lambda: faster_whisper("float32", batched=True),
 }
