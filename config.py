@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
 from errors import InvalidParameters, ModelLoadError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 DEFAULT_ASR_MODEL = "models/whisper-base"
 
@@ -146,10 +148,15 @@ class InferenceConfig(BaseModel):
             return cls()
         if not isinstance(parameters, dict):
             raise InvalidParameters(f"'parameters' must be a JSON object, got {type(parameters).__name__}")
-        try:
-            return cls.model_validate(parameters)
-        except ValidationError as error:
-            raise InvalidParameters(describe_validation_error(error, sorted(cls.model_fields))) from None
+        return validate_fields(cls, parameters)
+
+
+def validate_fields(model: type[ModelT], fields: dict) -> ModelT:
+    """``model`` from user-sent fields; InvalidParameters (422) naming each bad field otherwise."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as error:
+        raise InvalidParameters(describe_validation_error(error, sorted(model.model_fields))) from None
 
 
 def describe_validation_error(error: ValidationError, valid_names: list[str]) -> str:

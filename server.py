@@ -30,12 +30,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
-from config import InferenceConfig, ServerSettings, Task, describe_validation_error
+from config import InferenceConfig, ServerSettings, Task, validate_fields
 from errors import EndpointError, InferenceError, InvalidParameters, UnsupportedMediaType
 from schemas import TranscriptionResponse
 
@@ -535,10 +535,7 @@ class TTTranscriptionRequest(BaseModel):
 def validated(model: type[BaseModel], fields: Any) -> Any:
     if not isinstance(fields, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(fields).__name__}")
-    try:
-        return model.model_validate(fields)
-    except ValidationError as error:
-        raise InvalidParameters(describe_validation_error(error, sorted(model.model_fields))) from None
+    return validate_fields(model, fields)
 
 
 AUDIO_BODY_DOC = {
