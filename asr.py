@@ -454,7 +454,6 @@ class CTranslate2Transcriber:
                     if width < N_FRAMES and not _covers(parts, seek, row, tokenizer, fps=model.frames_per_second):
                         # A trimmed window lost speech or looped: decode it again in a full window.
                         retries.append(row._replace(full_window=True))
-                        sizes.append(size)
                         chunk_segments.append([])
                         continue
                     # Whisper often stops at a timestamp before the window's end, expecting the next

@@ -162,13 +162,19 @@ def test_trimmed_windows_leave_long_audio_and_untimed_requests_alone(trimmed_han
     assert trimmed_handler.transcribe(audio_bytes[0], plain).text == ct2_handler.transcribe(audio_bytes[0], plain).text
 
 
-def test_a_failed_trimmed_window_is_decoded_again_in_full(trimmed_handler, ct2_handler, audio_bytes, monkeypatch):
+@pytest.mark.parametrize("timestamps", ["segment", "word"])
+def test_a_failed_trimmed_window_is_decoded_again_in_full(trimmed_handler, ct2_handler, audio_bytes, monkeypatch, timestamps):
     import asr
 
     checked = []
-    monkeypatch.setattr(asr, "_covers", lambda *args, **kwargs: checked.append(args) and False)
-    assert trimmed_handler.transcribe(audio_bytes[1], InferenceConfig()).text == ct2_handler.transcribe(audio_bytes[1], InferenceConfig()).text
-    assert len(checked) == 1  # the full window is not checked again
+    first_fails = lambda *args, **kwargs: bool(checked.append(args)) or len(checked) > 1  # noqa: E731
+    monkeypatch.setattr(asr, "_covers", first_fails)
+    configs = [InferenceConfig(timestamps=timestamps)] * 3
+    # In one batch: the first clip's window fails and is redone alone; the others are unaffected.
+    together = trimmed_handler.transcribe_batch(list(zip(audio_bytes, configs)))
+    assert together[0].model_dump(exclude={"timings"}) == ct2_handler.transcribe(audio_bytes[0], configs[0]).model_dump(exclude={"timings"})
+    monkeypatch.undo()
+    assert [t.model_dump(exclude={"timings"}) for t in together[1:]] == [trimmed_handler.transcribe(a, c).model_dump(exclude={"timings"}) for a, c in zip(audio_bytes[1:], configs[1:])]
 
 
 class _Tokenizer:
