@@ -92,8 +92,9 @@ def speculative(assisted: bool | str) -> Callable[[np.ndarray], str]:
 
     from scripts.make_draft import build_draft
 
-    draft = build_draft(BASE, Path(tempfile.mkdtemp(prefix="draft-")), layers=(0, 5), causal=True)
-    return ours("transformers", parameters={"num_beams": 1, "assisted": assisted}, assistant_model=str(draft))
+    with tempfile.TemporaryDirectory(prefix="draft-") as directory:  # loaded into memory, then removed
+        draft = build_draft(BASE, Path(directory), layers=(0, 5), causal=True)
+        return ours("transformers", parameters={"num_beams": 1, "assisted": assisted}, assistant_model=str(draft))
 
 
 def blog() -> Callable[[np.ndarray], str]:

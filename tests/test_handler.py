@@ -25,7 +25,7 @@ normalize = EnglishTextNormalizer()
 JFK_WORDS = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
 
 # Corpus WER of Whisper base on the dev short set (25 items, 252 s). Measured 0.103 with this handler
-# (greedy, chunk 30, batch 24, language detected) — the same as the blog handler's configuration;
+# (the pipeline's default 5 beams, chunk 30, batch 24, language detected) — the blog handler's configuration;
 # faster-whisper on the same weights scores 0.092 (batched int8) to 0.165 (fp32 sequential). 0.12 leaves
 # room for float noise across CPUs and still catches a real regression (a broken stitch, a wrong task
 # token or a resampling bug costs far more than 0.02).
