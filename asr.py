@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -271,11 +272,18 @@ def _word(raw: dict, duration: float) -> Word:
 
 
 class Request(NamedTuple):
-    """One audio of a micro-batch: what ``transcribe`` takes, as a tuple."""
+    """One audio of a micro-batch: what ``transcribe`` takes, as a tuple.
+
+    ``on_segments`` (streaming): called from the decoding thread with each run of newly final
+    segments of this request, in time order, before its transcript is returned. ``cancelled``: set
+    when nobody waits for the result any more (client gone); decoding stops for this request at
+    the next window and its result is ``errors.RequestCancelled``."""
 
     samples: np.ndarray
     config: InferenceConfig
     want_words: bool = False
+    on_segments: Callable[[list[Chunk]], None] | None = None
+    cancelled: threading.Event | None = None
 
 
 def transcribe_each(transcriber: Any, requests: list[Request]) -> list[Transcript | Exception]:

@@ -48,3 +48,10 @@ class ModelLoadError(EndpointError, RuntimeError):
 
 class InferenceError(EndpointError, RuntimeError):
     kind = "inference_error"
+
+
+class RequestCancelled(EndpointError, RuntimeError):
+    """The client went away before its result was ready; the work for it was stopped."""
+
+    status_code = 499  # nginx's "client closed request": never sent to anyone, counted apart in metrics
+    kind = "client_closed_request"
