@@ -429,3 +429,24 @@ async def test_client_gone_mid_upload_is_a_client_disconnect_not_a_500():
         assert await server.metric("asr_errors_total", kind="client_closed_request") == 1
         assert await server.metric("asr_requests_total", route="/predict", method="POST", status="500") == 0
     assert sent[0]["status"] == 499
+
+
+# --- the eval client's --stream mode against this server ---------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["openai", "tt"])
+async def test_eval_client_stream_mode_reads_both_streams_and_times_the_first_text(protocol, monkeypatch):
+    from eval_client.client import ASRClient, ClientConfig
+    from eval_client.data import SAMPLING_RATE
+
+    samples, rate = soundfile.read(CLIP["audio"], dtype="float32")
+    assert rate == SAMPLING_RATE
+    async with serving() as server:
+        client = ASRClient(ClientConfig(base_url="http://test/v1/", protocol=protocol, stream=True, api_key=None, max_retries=0))
+        monkeypatch.setattr(client, "http_client", lambda: httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app), timeout=30))
+        outcome = (await client.transcribe_many([(samples, rate)]))[0]
+    assert outcome.ok, outcome.error
+    assert outcome.text == "Segment one. Segment two. Segment three."
+    assert outcome.first_text_s is not None and 0 < outcome.first_text_s <= outcome.latency_s
+    with pytest.raises(ValueError, match="stream"):
+        ClientConfig(protocol="hf", stream=True)
