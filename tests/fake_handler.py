@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from audio import load_audio
 from config import InferenceConfig, Timestamps
 from errors import ModelNotConfigured, RequestCancelled
-from handler import Job
 from schemas import Chunk, SpeakerTurn, TranscriptionResponse, Word
+
+
+class Job(NamedTuple):
+    """One item of ``transcribe_batch``: ``(inputs, config)`` or ``(inputs, config, on_segments, cancelled)``, as the real handler takes."""
+
+    inputs: Any
+    config: InferenceConfig
+    on_segments: Any = None
+    cancelled: threading.Event | None = None
 
 NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
