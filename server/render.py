@@ -14,7 +14,6 @@ from config import InferenceConfig
 from errors import EndpointError
 from schemas import Chunk, TranscriptionResponse
 
-OpenAIFormat = str  # json | text | srt | vtt | verbose_json | diarized_json (validated by the form)
 MAX_ERROR_MESSAGE = 2000
 
 
@@ -36,7 +35,7 @@ def error_response(path: str, error: EndpointError, message: str) -> JSONRespons
 # --- OpenAI ---------------------------------------------------------------------------------------
 
 
-def openai_response(response: TranscriptionResponse, response_format: OpenAIFormat, config: InferenceConfig, granularities: list[str]) -> Response:
+def openai_response(response: TranscriptionResponse, response_format: str, config: InferenceConfig, granularities: list[str]) -> Response:
     if response_format == "json":
         return JSONResponse({"text": response.text})
     if response_format == "text":

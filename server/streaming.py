@@ -40,11 +40,11 @@ class StreamText:
     def finish(self, response: TranscriptionResponse) -> bytes:
         """What the segments have not said yet (all of it when the pipeline streamed nothing),
         then the protocol's closing frames."""
-        rest = response.text[len(self.sent):] if response.text.startswith(self.sent) else ""
-        if not response.text.startswith(self.sent):
-            logger.warning("streamed segments do not add up to the final text; the done event carries the final text")
-        if rest:
-            self.sent += rest
+        rest = ""
+        if response.text.startswith(self.sent):
+            rest, self.sent = response.text[len(self.sent):], response.text
+        else:  # cannot be taken back: the closing frame carries the final text
+            logger.warning("streamed segments do not add up to the final text")
         return (self.text(rest) if rest else b"") + self.done(response)
 
     def text(self, delta: str) -> bytes:

@@ -76,3 +76,20 @@ def test_diarized_json_is_openais_shape(diarized):
 def test_stream_frames():
     assert sse(delta_event("Hi")) == b'data: {"type": "transcript.text.delta", "delta": "Hi"}\n\n'
     assert ndjson({"text": "é", "chunk_id": 0}) == '{"text": "é", "chunk_id": 0}\n'.encode()
+
+
+def test_stream_deltas_add_up_to_the_final_text_whatever_the_pipeline_streamed(diarized):
+    from server.routers.tt import NDJSONText
+
+    def lines(framing: NDJSONText, runs: list[list[Chunk]]) -> list[dict]:
+        import json
+
+        out = b"".join(framing.segments(run) for run in runs) + framing.finish(diarized)
+        return [json.loads(line) for line in out.decode().splitlines()]
+
+    streamed = lines(NDJSONText(diarized=False), [diarized.chunks[:1], diarized.chunks[1:]])
+    silent = lines(NDJSONText(diarized=False), [])  # a pipeline that streamed nothing: all text at the end
+    for result in (streamed, silent):
+        assert "".join(line["text"] for line in result[:-1]) == result[-1]["text"] == diarized.text
+        assert [line["chunk_id"] for line in result] == list(range(len(result))) and result[-1]["final"] is True
+    assert [line["text"] for line in streamed[:-1]] == ["Hello there.", " Hi, how are you?"]
