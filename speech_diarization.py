@@ -11,7 +11,8 @@ turns are mapped back to the original timeline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+import weakref
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ def diarize_speech(diarizer: Diarizer, samples: np.ndarray, regions: Sequence[Sp
         return map_back(diarizer.diarize(join(samples, blocks[0]), **constraints), blocks[0])
     # Per block at most the requested speakers; the global count is enforced when linking.
     cap = constraints.get("num_speakers") or constraints.get("max_speakers")
-    linker = _Linker(diarizer, cap)
+    linker = _Linker(_embedding_inference(diarizer), cap)
     for pieces in blocks:
         joined = join(samples, pieces)
         turns = diarizer.diarize(joined, **({"max_speakers": cap} if cap else {}))
@@ -102,8 +103,8 @@ class _Linker:
     one block are never merged) to the speakers seen so far by the cosine distance of their
     centroid embeddings; unmatched ones are new speakers."""
 
-    def __init__(self, diarizer: Diarizer, cap: int | None):
-        self.embed = _embedding_inference(diarizer)
+    def __init__(self, embed: Callable[[dict], Any], cap: int | None):
+        self.embed = embed
         self.cap = cap
         self.centroids: list[np.ndarray] = []
         self.weights: list[float] = []
@@ -175,17 +176,17 @@ class _Linker:
         return annotation_to_segments(annotation)
 
 
-_EMBEDDINGS: dict[int, Any] = {}
+# One embedding model per loaded pipeline, dropped with it.
+_EMBEDDINGS: "weakref.WeakKeyDictionary[Diarizer, Any]" = weakref.WeakKeyDictionary()
 
 
 def _embedding_inference(diarizer: Diarizer) -> Any:
     """pyannote ``Inference`` (whole-window) over the pipeline's own embedding checkpoint, loaded
     once per pipeline through the public ``Model.from_pretrained`` with the pipeline's settings."""
-    key = id(diarizer.pipeline)
-    if key not in _EMBEDDINGS:
+    if diarizer not in _EMBEDDINGS:
         from pyannote.audio import Inference, Model
 
         spec = diarizer.pipeline.embedding
         model = Model.from_pretrained(**spec) if isinstance(spec, dict) else Model.from_pretrained(spec)
-        _EMBEDDINGS[key] = Inference(model, window="whole", device=getattr(diarizer.pipeline, "device", None) or torch.device("cpu"))
-    return _EMBEDDINGS[key]
+        _EMBEDDINGS[diarizer] = Inference(model, window="whole", device=getattr(diarizer.pipeline, "device", None) or torch.device("cpu"))
+    return _EMBEDDINGS[diarizer]
