@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from asr import Request, build_transcriber
-from audio import Audio, load_audio
+from audio import TARGET_SAMPLING_RATE, Audio, load_audio
 from config import InferenceConfig, ModelSettings, Timestamps
 from diarization_utils import Diarizer, merge_speakers
 from errors import AudioDecodeError, ModelNotConfigured
@@ -26,6 +26,9 @@ from vad import SpeechRegion, detect_speech
 # Audio at least this long is checked for speech before any model runs (the VAD costs well under 1%
 # of ASR's time): a file with no speech at all is answered without decoding or diarizing it.
 SPEECH_CHECK_MIN_S = 30.0
+# Longer audio is transcribed in sections cut in pauses, one after another: the ASR backend's own
+# copies (VAD padding, speech chunks, features) then scale with a section, not with the file.
+SECTION_S = 1200.0
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class EndpointHandler:
         results: list[TranscriptionResponse | Exception | None] = [None] * len(requests)
         started = time.perf_counter()
         prepared = []  # (index, audio, config, diarize, turns future, timings)
+        regions_of: dict[int, list[SpeechRegion] | None] = {}
         for index, (inputs, config) in enumerate(requests):
             item_started = time.perf_counter()
             try:
@@ -79,18 +83,41 @@ class EndpointHandler:
                 results[index] = self._respond(audio, config, no_speech(config, diarize), turns_future, timings, started)
                 continue
             prepared.append((index, audio, config, diarize, turns_future, timings))
+            regions_of[index] = regions
+        short = [item for item in prepared if item[1].duration <= SECTION_S]
         asr_started = time.perf_counter()
-        transcripts = self.transcriber.transcribe_batch([Request(audio.samples, config, diarize) for _, audio, config, diarize, _, _ in prepared]) if prepared else []
-        asr_seconds = time.perf_counter() - asr_started
-        for (index, audio, config, _, turns_future, timings), transcript in zip(prepared, transcripts):
+        transcripts = self.transcriber.transcribe_batch([Request(audio.samples, config, diarize) for _, audio, config, diarize, _, _ in short]) if short else []
+        asr_seconds = {item[0]: time.perf_counter() - asr_started for item in short}
+        done = dict(zip((item[0] for item in short), transcripts))
+        for index, audio, config, diarize, _, _ in prepared:
+            if index not in done:
+                asr_started = time.perf_counter()
+                done[index] = self._transcribe_sections(audio, config, diarize, regions_of[index])
+                asr_seconds[index] = time.perf_counter() - asr_started
+        for index, audio, config, _, turns_future, timings in prepared:
+            transcript = done[index]
             try:
                 if isinstance(transcript, Exception):
                     raise transcript
-                timings["asr"] = asr_seconds
+                timings["asr"] = asr_seconds[index]
                 results[index] = self._respond(audio, config, transcript, turns_future, timings, started)
             except Exception as error:
                 results[index] = error
         return results  # type: ignore[return-value]
+
+    def _transcribe_sections(self, audio: Audio, config: InferenceConfig, want_words: bool, regions: list[SpeechRegion] | None) -> Transcript | Exception:
+        """One long audio, section by section (views of its samples, no copies); the language
+        detected in the first section holds for the rest, as for an unsectioned file."""
+        parts: list[Transcript] = []
+        for start, end in sections(regions or [], audio.duration, SECTION_S):
+            samples = audio.samples[round(start * TARGET_SAMPLING_RATE) : round(end * TARGET_SAMPLING_RATE)]
+            part = self.transcriber.transcribe_batch([Request(samples, config, want_words)])[0]
+            if isinstance(part, Exception):
+                return part
+            if part.language and config.language is None:
+                config = config.model_copy(update={"language": part.language})
+            parts.append(shift(part, start))
+        return join_transcripts(parts, config)
 
     def _diarize(self, audio: Audio, regions: list[SpeechRegion] | None, config: InferenceConfig) -> Future:
         if not regions:
@@ -138,6 +165,40 @@ class EndpointHandler:
     def _timed(function, *args, **kwargs):
         started = time.perf_counter()
         return function(*args, **kwargs), time.perf_counter() - started
+
+
+def sections(regions: list[SpeechRegion], duration: float, length: float) -> list[tuple[float, float]]:
+    """(start, end) spans of at most ``length`` s covering the audio, cut in the middle of a pause
+    between speech regions where there is one (else at ``length``)."""
+    spans: list[tuple[float, float]] = []
+    start = 0.0
+    while duration - start > length:
+        limit = start + length
+        # The last pause that ends before the limit: cut in its middle.
+        gaps = [(a.end + b.start) / 2 for a, b in zip(regions, regions[1:]) if start < a.end and b.start <= limit]
+        cut = max((g for g in gaps if g > start), default=limit)
+        spans.append((start, cut))
+        start = cut
+    spans.append((start, duration))
+    return spans
+
+
+def shift(transcript: Transcript, offset: float) -> Transcript:
+    chunks = [c.model_copy(update={"timestamp": (round(c.timestamp[0] + offset, 3), round(c.timestamp[1] + offset, 3))}) for c in transcript.chunks]
+    words = [w.model_copy(update={"start": round(w.start + offset, 3), "end": round(w.end + offset, 3)}) for w in transcript.words] if transcript.words is not None else None
+    return transcript.model_copy(update={"chunks": chunks, "words": words})
+
+
+def join_transcripts(parts: list[Transcript], config: InferenceConfig) -> Transcript:
+    spoken = [p for p in parts if p.strategy != "silence"] or parts
+    words = None if all(p.words is None for p in parts) else [w for p in parts for w in p.words or []]
+    return Transcript(
+        text=" ".join(p.text for p in parts if p.text),
+        chunks=[c for p in parts for c in p.chunks],
+        words=words,
+        language=config.language or spoken[0].language,
+        strategy=spoken[0].strategy,
+    )
 
 
 def no_speech(config: InferenceConfig, diarize: bool) -> Transcript:

@@ -138,3 +138,31 @@ def test_one_hertz_wav_is_refused_at_once(handler):
 def test_embedding_model_is_loaded_once(diarizing_handler):
     first = speech_diarization._embedding_inference(diarizing_handler.diarizer)
     assert speech_diarization._embedding_inference(diarizing_handler.diarizer) is first
+
+
+# --- long audio transcribed in sections -------------------------------------------------------------------
+
+
+def test_sections_cut_in_pauses_and_cover_the_audio():
+    from handler import sections
+
+    regions = [SpeechRegion(0, 8), SpeechRegion(9, 15), SpeechRegion(16, 33), SpeechRegion(40, 41)]
+    assert sections(regions, 45, 20) == [(0, 15.5), (15.5, 35.5), (35.5, 45)]  # 16-33 runs past 35.5: cut at the length
+    assert sections([], 45, 20) == [(0, 20), (20, 40), (40, 45)]  # no pause: cut at the length
+    assert sections(regions, 12, 20) == [(0, 12)]
+
+
+def test_long_audio_is_transcribed_section_by_section(handler, jfk_flac, monkeypatch):
+    """JFK's 11 s cut into sections of at most 6 s at a pause: the same words as in one pass, in
+    order, with timestamps on the file's timeline."""
+    import handler as handler_module
+
+    whole = handler({"inputs": jfk_flac, "parameters": {"language": "en", "num_beams": 1}})
+    monkeypatch.setattr(handler_module, "SECTION_S", 6.0)
+    monkeypatch.setattr(handler_module, "SPEECH_CHECK_MIN_S", 0.0)
+    sectioned = handler({"inputs": jfk_flac, "parameters": {"num_beams": 1}})
+    assert sectioned["language"] == "en"
+    words = lambda text: [w.strip(",.").lower() for w in text.split()]  # noqa: E731
+    assert words(sectioned["text"]) == words(whole["text"])
+    starts = [c["timestamp"][0] for c in sectioned["chunks"]]
+    assert starts == sorted(starts) and sectioned["chunks"][-1]["timestamp"][1] > 8
