@@ -4,6 +4,7 @@ only and in linked blocks, on real models and real audio (short files, small blo
 from __future__ import annotations
 
 import io
+import re
 import time
 
 import numpy as np
@@ -162,7 +163,7 @@ def test_long_audio_is_transcribed_section_by_section(handler, jfk_flac, monkeyp
     monkeypatch.setattr(handler_module, "SPEECH_CHECK_MIN_S", 0.0)
     sectioned = handler({"inputs": jfk_flac, "parameters": {"num_beams": 1}})
     assert sectioned["language"] == "en"
-    words = lambda text: [w.strip(",.").lower() for w in text.split()]  # noqa: E731
+    words = lambda text: re.sub(r"[^\w' ]", "", text.lower()).split()  # noqa: E731 (a cut may change punctuation)
     assert words(sectioned["text"]) == words(whole["text"])
     starts = [c["timestamp"][0] for c in sectioned["chunks"]]
     assert starts == sorted(starts) and sectioned["chunks"][-1]["timestamp"][1] > 8
