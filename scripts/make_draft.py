@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 from transformers import WhisperConfig, WhisperForCausalLM, WhisperForConditionalGeneration
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's compat module
+from compat import dtype_argument  # noqa: E402
 
 SHARED_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json")
 
 
 def build_draft(base: Path, directory: Path, layers: tuple[int, ...] = (0, 1), causal: bool = True) -> Path:
     """Write a draft of ``base`` with the given decoder layers (renumbered from 0) to ``directory``."""
-    teacher = WhisperForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    teacher = WhisperForConditionalGeneration.from_pretrained(base, **dtype_argument(torch.float32))
     config = WhisperConfig.from_pretrained(base)
     config.decoder_layers = len(layers)
     draft = WhisperForCausalLM(config) if causal else WhisperForConditionalGeneration(config)
