@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: install models serve test bench clean
+.PHONY: install models serve serve-ray test bench clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ ASR_BACKEND ?= ctranslate2
 DIARIZATION_MODEL ?= $(shell test -d models/pyannote-diarization && echo models/pyannote-diarization)
 serve: models
 	ASR_MODEL="$(ASR_MODEL)" ASR_BACKEND="$(ASR_BACKEND)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" $(PY) -m uvicorn server:app --host $(HOST) --port $(PORT)
+
+# The same server on a local Ray cluster: RAY_REPLICAS handler replicas behind the same routes (README, Scale-out).
+RAY_REPLICAS ?= 2
+serve-ray: models $(RAY_INSTALLED)
+	ASR_MODEL="$(ASR_MODEL)" ASR_BACKEND="$(ASR_BACKEND)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" HOST="$(HOST)" PORT="$(PORT)" RAY_REPLICAS="$(RAY_REPLICAS)" $(PY) serve_ray.py
 
 test: models $(RAY_INSTALLED)
 	$(PY) -m pytest tests

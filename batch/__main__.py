@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> JobSpec:
     parser.add_argument("--diarization-model", help="overrides DIARIZATION_MODEL (diarizes every item)")
     parser.add_argument("--parameters", default="{}", help='request parameters for every item, as JSON: \'{"language": "en", "timestamps": "word"}\'')
     parser.add_argument("--id-column", default="id", help="data sets: the column naming each item (default: id, else the audio's path)")
+    parser.add_argument("--namespace-ids", action="store_true", help="prefix each listed item's id with its input's name (for inputs whose ids collide); give it on every run over the same output")
     parser.add_argument("--audio-column", default="audio", help="data sets: the audio column (default: audio)")
     args = parser.parse_args(argv)
     try:
@@ -50,17 +51,15 @@ def parse_args(argv: list[str] | None = None) -> JobSpec:
         address=args.address,
         id_column=args.id_column,
         audio_column=args.audio_column,
+        namespace_ids=args.namespace_ids,
     )
 
 
 def model_settings(overrides: dict[str, Any]) -> dict[str, Any]:
     """The deployment's settings (env vars / .env, as the handler reads them) with the CLI's
-    overrides, as plain fields handed to every worker: workers on other nodes lack this env."""
-    settings = ModelSettings(**overrides)
-    fields = settings.model_dump(exclude={"hf_token"}, exclude_none=True)
-    if settings.hf_token is not None:
-        fields["hf_token"] = settings.token()
-    return fields
+    overrides, as plain fields handed to every worker: workers on other nodes lack this env.
+    HF_TOKEN stays out (Ray keeps task arguments): workers read it from their own environment."""
+    return ModelSettings(**overrides).model_dump(exclude={"hf_token"}, exclude_none=True)
 
 
 def main(argv: list[str] | None = None) -> int:

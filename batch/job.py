@@ -37,6 +37,7 @@ class JobSpec(BaseModel):
     address: str | None = Field(None, description="Ray cluster address ('auto', 'ray://host:10001'); None starts a local one.")
     id_column: str = "id"
     audio_column: str = "audio"
+    namespace_ids: bool = False
 
 
 class Summary(BaseModel):
@@ -54,7 +55,7 @@ def run(spec: JobSpec) -> Summary:
     """Transcribe every input item not yet in ``spec.output``; return what this run did."""
     started = time.perf_counter()
     InferenceConfig.parse(spec.parameters)  # a bad parameter fails here, not once per item in every actor
-    sources = discover(spec.inputs, spec.id_column, spec.audio_column)
+    sources = discover(spec.inputs, spec.id_column, spec.audio_column, spec.namespace_ids)
     before = finished_rows(spec.output, spec.output_format)
     done = set(before.column("id").to_pylist())
     files = [row for row in sources.files if row["id"] not in done]

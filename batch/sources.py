@@ -28,13 +28,15 @@ class Sources:
     datasets: list[Any] = field(default_factory=list)  # ray.data.Dataset, each already in the row shape
 
 
-def discover(inputs: list[str], id_column: str = "id", audio_column: str = "audio") -> Sources:
+def discover(inputs: list[str], id_column: str = "id", audio_column: str = "audio", namespace_ids: bool = False) -> Sources:
     """Resolve each input: a manifest (``*.jsonl`` or a folder holding ``manifest.jsonl``), a data
     set saved with ``datasets.save_to_disk``, Parquet files with an audio column (the Hub's layout),
-    or any other folder (its audio files, recursively)."""
+    or any other folder (its audio files, recursively). ``namespace_ids``: listed items' ids are
+    prefixed with their input's name (``asr_short/jfk``), for inputs whose ids collide."""
     sources = Sources()
     for name in inputs:
         path = Path(name)
+        listed = len(sources.files)
         if not path.exists():
             raise SourceError(f"input {name!r} does not exist")
         if path.is_file() and path.suffix == ".jsonl":
@@ -51,6 +53,10 @@ def discover(inputs: list[str], id_column: str = "id", audio_column: str = "audi
             sources.files.append({"id": path.stem, "source": str(path.resolve()), "audio": None})
         else:
             raise SourceError(f"input {name!r} is neither a manifest (.jsonl), a folder, a data set nor an audio file")
+        if namespace_ids:
+            prefix = (path.parent.name if path.name == "manifest.jsonl" else path.stem if path.is_file() else path.name)
+            for row in sources.files[listed:]:
+                row["id"] = f"{prefix}/{row['id']}"
     check_unique([row["id"] for row in sources.files])
     return sources
 
@@ -85,7 +91,7 @@ def check_unique(ids: list[str]) -> None:
     seen: set[str] = set()
     duplicates = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
     if duplicates:
-        raise SourceError(f"item ids must be unique across the inputs (results and resumption are keyed by id); repeated: {duplicates[:10]}")
+        raise SourceError(f"item ids must be unique across the inputs (results and resumption are keyed by id); repeated: {duplicates[:10]}; --namespace-ids prefixes each id with its input's name")
 
 
 def hf_saved_dataset(path: Path, id_column: str, audio_column: str):
