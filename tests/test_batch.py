@@ -43,61 +43,62 @@ def reference_texts(manifest) -> dict[str, str]:
     return {row["id"]: handler({"inputs": (manifest.parent / row["audio"]).read_bytes()})["text"] for row in rows if row["id"] != "corrupt"}
 
 
-def batch_command(manifest: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "batch", str(manifest), "--output", str(output), "--asr-model", SETTINGS["asr_model"], "--asr-backend", "ctranslate2", *extra]
+def batch_command(inputs: list[Path], output: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "batch", *map(str, inputs), "--output", str(output), "--asr-model", SETTINGS["asr_model"], "--asr-backend", "ctranslate2", *extra]
 
 
 def read_rows(output: Path) -> list[dict]:
-    return [json.loads(line) for path in sorted(output.glob("*.json")) for line in path.read_text().splitlines() if line.strip()]
+    import pyarrow.parquet as pq
+
+    return [row for path in sorted(output.glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
 
 
-def test_killed_job_resumes_without_redoing_items(manifest, reference_texts, tmp_path):
+@pytest.fixture(scope="module")
+def saved_dataset(manifest, tmp_path_factory) -> tuple[Path, list[str]]:
+    """Three of the clips as an HF data set (``Audio`` feature, file bytes inside), saved to disk."""
+    import datasets
+
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()][:3]
+    ids = [f"dataset-{row['id']}" for row in rows]
+    folder = tmp_path_factory.mktemp("hf-dataset") / "dataset"
+    dataset = datasets.Dataset.from_dict({"id": ids, "audio": [str(manifest.parent / row["audio"]) for row in rows]}).cast_column("audio", datasets.Audio(decode=False))
+    dataset.save_to_disk(str(folder))
+    return folder, ids
+
+
+def test_killed_job_resumes_without_redoing_items(manifest, saved_dataset, reference_texts, tmp_path):
     output = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO_DIR)}
     # One actor, one item per batch: results land file by file, so the kill falls mid-run.
-    first = subprocess.Popen(batch_command(manifest, output, "--workers", "1", "--batch-size", "1"), cwd=REPO_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen(batch_command([manifest], output, "--workers", "1", "--batch-size", "1", "--format", "parquet"), cwd=REPO_DIR, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
-    while not list(output.glob("*.json")) and first.poll() is None and time.monotonic() < deadline:
+    while not list(output.glob("*.parquet")) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert first.poll() is None, "the first run ended before any result was written"
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
     first.wait()
     time.sleep(1)
-    done_before = {row["id"] for row in read_rows(output)}
+    from batch.results import finished_rows
+
+    done_before = set(finished_rows(output, "parquet").column("id").to_pylist())  # drops a file cut short by the kill
     assert 1 <= len(done_before) < len(ITEMS) + 1
 
-    second = subprocess.run(batch_command(manifest, output, "--workers", "2", "--batch-size", "2"), cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=600)
+    # The resumed run also takes a new input, an HF-datasets-style one.
+    dataset, dataset_ids = saved_dataset
+    second = subprocess.run(batch_command([manifest, dataset], output, "--workers", "2", "--batch-size", "2", "--format", "parquet"), cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(second.stdout.strip().splitlines()[-1])
     rows = read_rows(output)
     ids = [row["id"] for row in rows]
-    assert sorted(ids) == sorted([*ITEMS, "corrupt"])  # every item exactly once: nothing lost, nothing redone
-    assert summary["skipped"] == len(done_before) and summary["processed"] == len(ITEMS) + 1 - len(done_before)
+    assert sorted(ids) == sorted([*ITEMS, "corrupt", *dataset_ids])  # every item exactly once: nothing lost, nothing redone
+    assert summary["skipped"] == len(done_before) and summary["processed"] == len(ITEMS) + 1 + len(dataset_ids) - len(done_before)
     by_id = {row["id"]: row for row in rows}
-    assert by_id["corrupt"]["error_kind"] == "audio_decode_error" and by_id["corrupt"]["text"] is None
+    assert by_id["corrupt"]["error_kind"] == "audio_decode_error" and by_id["corrupt"]["text"] is None and summary["errors"] == 1
     assert {i: by_id[i]["text"] for i in ITEMS} == reference_texts
-    assert all(by_id[i]["error"] is None and by_id[i]["segments"] and by_id[i]["duration"] > 1 for i in ITEMS)
+    assert {i: by_id[i]["text"] for i in dataset_ids} == {i: reference_texts[i.removeprefix("dataset-")] for i in dataset_ids}
+    assert all(by_id[i]["error"] is None and by_id[i]["segments"] and by_id[i]["duration"] > 1 for i in [*ITEMS, *dataset_ids])
     assert summary["audio_hours"] > 0 and summary["audio_hours_per_hour"] > 0
-
-
-def test_parquet_from_a_saved_hf_dataset(manifest, reference_texts, tmp_path):
-    """An HF-datasets-style input (Audio feature, file bytes inside) to Parquet, in-process."""
-    import datasets
-    import pyarrow.parquet as pq
-    import ray
-
-    from batch.job import JobSpec, run
-
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()][:3]
-    dataset = datasets.Dataset.from_dict({"id": [r["id"] for r in rows], "audio": [str(manifest.parent / r["audio"]) for r in rows]}).cast_column("audio", datasets.Audio(decode=False))
-    dataset.save_to_disk(str(tmp_path / "dataset"))
-    try:
-        summary = run(JobSpec(inputs=[str(tmp_path / "dataset")], output=tmp_path / "out", output_format="parquet", settings=SETTINGS, workers=1, batch_size=2))
-    finally:
-        ray.shutdown()
-    table = pq.read_table(tmp_path / "out")
-    assert summary.processed == 3 and table.num_rows == 3
-    assert {r["id"]: r["text"] for r in table.select(["id", "text"]).to_pylist()} == {r["id"]: reference_texts[r["id"]] for r in rows}
 
 
 def test_cut_short_result_file_is_removed_and_redone(tmp_path):
