@@ -41,7 +41,7 @@ class JobSpec(BaseModel):
 
 
 class Summary(BaseModel):
-    skipped: int = Field(description="Listed items an earlier run had finished, not redone (data-set rows are skipped lazily, uncounted).")
+    skipped: int = Field(description="Input items an earlier run had finished, not redone.")
     processed: int = Field(description="Items this run wrote.")
     errors: int = Field(description="Error rows among those.")
     in_output: int = Field(description="Result rows in the output folder after this run.")
@@ -59,20 +59,15 @@ def run(spec: JobSpec) -> Summary:
     before = finished_rows(spec.output, spec.output_format)
     done = set(before.column("id").to_pylist())
     files = [row for row in sources.files if row["id"] not in done]
-    logger.info("%d listed item(s) + %d data set(s); %d listed item(s) already done in %s", len(sources.files), len(sources.datasets), len(sources.files) - len(files), spec.output)
+    logger.info("%d item(s); %d already done in %s", len(sources.files), len(sources.files) - len(files), spec.output)
 
     import ray
     import ray.data
 
     start_ray(spec)
-    datasets = []
     if files:
-        datasets.append(ray.data.from_items(files, override_num_blocks=math.ceil(len(files) / spec.batch_size)))
-    for dataset in sources.datasets:
-        dataset = dataset.filter(lambda row: row["id"] not in done) if done else dataset
-        datasets.append(dataset.repartition(target_num_rows_per_block=spec.batch_size))
-    if datasets:
-        dataset = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+        # One block per batch: blocks are what the actor pool hands out, so small ones spread the work.
+        dataset = ray.data.from_items(files, override_num_blocks=math.ceil(len(files) / spec.batch_size))
         results = dataset.map_batches(
             Transcribe,
             fn_constructor_kwargs={"settings": worker_settings(spec), "parameters": spec.parameters},

@@ -22,10 +22,9 @@ class SourceError(ValueError):
 
 @dataclass
 class Sources:
-    """Rows with file paths (listed here, small) and data sets (read lazily by Ray Data)."""
+    """Input rows: files by path, data-set rows with their bytes."""
 
     files: list[dict[str, Any]] = field(default_factory=list)
-    datasets: list[Any] = field(default_factory=list)  # ray.data.Dataset, each already in the row shape
 
 
 def discover(inputs: list[str], id_column: str = "id", audio_column: str = "audio", namespace_ids: bool = False) -> Sources:
@@ -44,9 +43,9 @@ def discover(inputs: list[str], id_column: str = "id", audio_column: str = "audi
         elif path.is_dir() and (path / "manifest.jsonl").is_file():
             sources.files += read_manifest(path / "manifest.jsonl")
         elif path.is_dir() and (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
-            sources.datasets.append(hf_saved_dataset(path, id_column, audio_column))
+            sources.files += hf_saved_dataset(path, id_column, audio_column)
         elif path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
-            sources.datasets.append(parquet_dataset(path, id_column, audio_column))
+            sources.files += parquet_dataset(path, id_column, audio_column)
         elif path.is_dir():
             sources.files += scan_folder(path)
         elif path.suffix.lower() in AUDIO_EXTENSIONS:
@@ -94,10 +93,9 @@ def check_unique(ids: list[str]) -> None:
         raise SourceError(f"item ids must be unique across the inputs (results and resumption are keyed by id); repeated: {duplicates[:10]}; --namespace-ids prefixes each id with its input's name")
 
 
-def hf_saved_dataset(path: Path, id_column: str, audio_column: str):
+def hf_saved_dataset(path: Path, id_column: str, audio_column: str) -> list[dict[str, Any]]:
     """A data set written by ``datasets.Dataset.save_to_disk``; audio is kept undecoded (file bytes)."""
     import datasets
-    import ray.data
 
     dataset = datasets.load_from_disk(str(path))
     if isinstance(dataset, datasets.DatasetDict):
@@ -106,39 +104,37 @@ def hf_saved_dataset(path: Path, id_column: str, audio_column: str):
         raise SourceError(f"data set {path} has no {audio_column!r} column (columns: {dataset.column_names}); use --audio-column")
     if isinstance(dataset.features[audio_column], datasets.Audio):
         dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
-    return to_rows(ray.data.from_huggingface(dataset), str(path), id_column, audio_column)
+    return to_rows(dataset.data.table, str(path), id_column, audio_column)
 
 
-def parquet_dataset(path: Path, id_column: str, audio_column: str):
+def parquet_dataset(path: Path, id_column: str, audio_column: str) -> list[dict[str, Any]]:
     """Parquet files whose audio column is HF's ``{"bytes", "path"}`` struct (the Hub's layout)."""
     import pyarrow.parquet as pq
-    import ray.data
 
-    first = path if path.is_file() else next(iter(sorted(path.rglob("*.parquet"))))
-    names = pq.read_schema(first).names
-    if audio_column not in names:
-        raise SourceError(f"{first} has no {audio_column!r} column (columns: {names}); use --audio-column")
-    return to_rows(ray.data.read_parquet(str(path), include_paths=True), str(path), id_column, audio_column)
+    rows = []
+    for file in [path] if path.is_file() else sorted(path.rglob("*.parquet")):
+        table = pq.read_table(file)
+        if audio_column not in table.column_names:
+            raise SourceError(f"{file} has no {audio_column!r} column (columns: {table.column_names}); use --audio-column")
+        rows += to_rows(table, str(file), id_column, audio_column)
+    return rows
 
 
-def to_rows(dataset, origin: str, id_column: str, audio_column: str):
-    """Map a data set's rows onto ``{"id", "source", "audio"}``; ids default to the audio's own path."""
+def to_rows(table, origin: str, id_column: str, audio_column: str) -> list[dict[str, Any]]:
+    """A data set's rows as ``{"id", "source", "audio"}``; ids default to the audio's own path.
 
-    def shape(batch):
-        import pyarrow as pa
-
-        audio = batch.column(audio_column).to_pylist()
-        paths = batch.column("path").to_pylist() if "path" in batch.column_names else [origin] * len(audio)
-        ids = batch.column(id_column).to_pylist() if id_column in batch.column_names else [None] * len(audio)
-        out_ids, sources, blobs = [], [], []
-        for value, item_id, file in zip(audio, ids, paths):
-            inner_path = value.get("path") if isinstance(value, dict) else None
-            blob = value.get("bytes") if isinstance(value, dict) else value if isinstance(value, bytes) else None
-            if item_id is None and not inner_path:
-                raise SourceError(f"{origin}: a row has neither an {id_column!r} column nor an audio path to name it by; use --id-column")
-            sources.append(f"{file}#{inner_path or item_id}")
-            out_ids.append(str(item_id) if item_id is not None else inner_path)
-            blobs.append(blob)
-        return pa.table({"id": pa.array(out_ids, pa.string()), "source": pa.array(sources, pa.string()), "audio": pa.array(blobs, pa.binary())})
-
-    return dataset.map_batches(shape, batch_format="pyarrow")
+    Read in the driver and handed to Ray Data as items: Ray Data's own readers of these tables
+    (``from_huggingface``, ``from_arrow``) crashed a worker on this stack (Ray 2.60, datasets 5.2,
+    pyarrow 26) and left the job hanging."""
+    audio = table.column(audio_column).to_pylist()
+    ids = table.column(id_column).to_pylist() if id_column in table.column_names else [None] * len(audio)
+    rows = []
+    for value, item_id in zip(audio, ids):
+        inner_path = value.get("path") if isinstance(value, dict) else None
+        blob = value.get("bytes") if isinstance(value, dict) else value if isinstance(value, bytes) else None
+        if item_id is None and not inner_path:
+            raise SourceError(f"{origin}: a row has neither an {id_column!r} column nor an audio path to name it by; use --id-column")
+        if blob is None:
+            raise SourceError(f"{origin}: row {item_id or inner_path} carries no audio bytes")
+        rows.append({"id": str(item_id) if item_id is not None else inner_path, "source": f"{origin}#{inner_path or item_id}", "audio": blob})
+    return rows
