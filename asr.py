@@ -19,17 +19,20 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import transformers
 from transformers import (
     AutoConfig,
     AutoModelForSpeechSeq2Seq,
     AutomaticSpeechRecognitionPipeline,
-    AutoProcessor,
     GenerationMixin,
     WhisperForCausalLM,
+    WhisperFeatureExtractor,
     WhisperForConditionalGeneration,
+    WhisperTokenizerFast,
 )
 
 from audio import TARGET_SAMPLING_RATE
+from compat import BEAM_SEARCH_WORD_TIMESTAMPS, dtype_argument, require_supported_transformers
 from config import InferenceConfig, ModelSettings, Task, Timestamps, locate_model
 from errors import InvalidParameters, ModelLoadError, ModelNotConfigured
 from schemas import Chunk, Transcript, Word
@@ -70,9 +73,11 @@ def check_language_support(config: InferenceConfig, multilingual: bool) -> None:
         raise InvalidParameters(f"language={config.language!r} is not supported by this English-only model")
 
 
-def _load_processor(location: str, token: str | None):
+def _load_processor(location: str, token: str | None) -> tuple[WhisperFeatureExtractor, WhisperTokenizerFast]:
+    # Not AutoProcessor: on transformers 4.x it builds the slow tokenizer, which needs vocab.json and
+    # merges.txt; the fast one reads tokenizer.json, which every Whisper checkpoint has.
     try:
-        return AutoProcessor.from_pretrained(location, token=token)
+        return WhisperFeatureExtractor.from_pretrained(location, token=token), WhisperTokenizerFast.from_pretrained(location, token=token)
     except OSError as error:
         raise ModelLoadError(f"could not load the processor of {location!r}: {error}") from None
 
@@ -118,6 +123,10 @@ class SpeculationPolicy:
             self.cost[assisted] = seconds_per_audio_second if previous is None else previous + self.smoothing * (seconds_per_audio_second - previous)
 
 
+# openai-whisper's beam width when the request names none.
+DEFAULT_BEAMS = 5
+
+
 class WhisperTranscriber:
     """Owns the Whisper model, its processor and the optional assistant; decodes audio to text."""
 
@@ -127,17 +136,16 @@ class WhisperTranscriber:
         token = settings.token()
         location = locate_model(settings.asr_model, base_dir)
         logger.info("loading ASR model %s on %s (%s, %s)", location, self.device, self.dtype, settings.attn_implementation)
+        require_supported_transformers()
         try:
-            self.model = AutoModelForSpeechSeq2Seq.from_pretrained(location, dtype=self.dtype, attn_implementation=settings.attn_implementation, token=token).to(self.device).eval()
+            self.model = AutoModelForSpeechSeq2Seq.from_pretrained(location, **dtype_argument(self.dtype), attn_implementation=settings.attn_implementation, token=token).to(self.device).eval()
         except OSError as error:
             raise ModelLoadError(f"could not load ASR model {settings.asr_model!r}: {error}") from None
         self._keep_encoder_attention()
-        processor = _load_processor(location, token)
-        self.tokenizer = processor.tokenizer
-        self.feature_extractor = processor.feature_extractor
+        self.feature_extractor, self.tokenizer = _load_processor(location, token)
         self.generation_config = self.model.generation_config
         self.multilingual = bool(getattr(self.generation_config, "is_multilingual", False))
-        self.pipeline = WhisperPipeline(model=self.model, tokenizer=self.tokenizer, feature_extractor=self.feature_extractor, device=self.model.device, dtype=self.dtype)
+        self.pipeline = WhisperPipeline(model=self.model, tokenizer=self.tokenizer, feature_extractor=self.feature_extractor, device=self.model.device, **dtype_argument(self.dtype))
         self.assistant = self._load_assistant(settings, base_dir, token) if settings.assistant_model else None
         self.speculation = SpeculationPolicy()
 
@@ -159,7 +167,7 @@ class WhisperTranscriber:
             config = AutoConfig.from_pretrained(location, token=token)
             # Decoder-only drafts (distil-large-v2's assistant) reuse the main model's encoder output.
             model_class = WhisperForCausalLM if "WhisperForCausalLM" in (config.architectures or []) else SeqToSeqDraft
-            assistant = model_class.from_pretrained(location, dtype=self.dtype, attn_implementation=self.model.config._attn_implementation, token=token)
+            assistant = model_class.from_pretrained(location, **dtype_argument(self.dtype), attn_implementation=self.model.config._attn_implementation, token=token)
         except OSError as error:
             raise ModelLoadError(f"could not load assistant model {settings.assistant_model!r}: {error}") from None
         if assistant.config.vocab_size != self.model.config.vocab_size:
@@ -211,14 +219,18 @@ class WhisperTranscriber:
         return_timestamps: bool | str = "word" if words_needed else config.timestamps is Timestamps.segment
         # English-only checkpoints take neither task nor language tokens.
         generate_kwargs: dict[str, Any] = {"task": config.task.value, "language": language} if self.multilingual else {}
-        # Unset, the ASR pipeline decodes with 5 beams (openai-whisper's choice) for checkpoints whose
-        # generation config names none; plain greedy (no temperature fallback) loses accuracy here:
-        # measured 0.165 WER vs 0.103 on the dev short set.
-        if config.num_beams is not None or timed or assisted:
-            # Speculative decoding is greedy: with the pipeline's default of 5 beams transformers
-            # would silently ignore the assistant. 'auto' decodes greedily either way, so its
-            # choice changes the speed, never the text.
-            generate_kwargs["num_beams"] = config.num_beams or 1
+        # Unset, 5 beams (openai-whisper's choice): plain greedy without temperature fallback loses
+        # accuracy here (0.165 WER vs 0.103 on the dev short set). Set explicitly: the pipeline's own
+        # default differs between transformers 4.x (greedy) and 5.x (5 beams). Speculative decoding
+        # and sampling are single-sequence, and 'auto' decodes greedily either way, so its choice
+        # changes the speed, never the text.
+        single = timed or assisted or config.temperature > 0
+        if words_needed and not BEAM_SEARCH_WORD_TIMESTAMPS:
+            if (config.num_beams or 1) > 1:
+                raise InvalidParameters(f"word timestamps with num_beams > 1 need transformers>=4.53 (this endpoint runs {transformers.__version__}); ask for num_beams=1")
+            if not single:  # the default beams cannot give word timestamps here: greedy, and say so
+                single, strategy = True, "batched-greedy"
+        generate_kwargs["num_beams"] = config.num_beams or (1 if single else DEFAULT_BEAMS)
         if config.temperature > 0:
             generate_kwargs.update(do_sample=True, temperature=config.temperature)
         if config.prompt:

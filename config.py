@@ -174,7 +174,7 @@ def describe_validation_error(error: ValidationError, valid_names: list[str]) ->
 
 
 class ServerSettings(BaseSettings):
-    """The HTTP server's own settings (``server.py``), read once from environment variables or ``.env``.
+    """The HTTP server's own settings (the ``server`` package), read once from environment variables or ``.env``.
 
     Model choice stays in ``ModelSettings``: the same variables configure the handler on Inference
     Endpoints and in this server.

@@ -1,8 +1,10 @@
 """The errors a request can end in, each with the HTTP status it maps to.
 
-One place for error mapping: the handler raises these, ``server.py`` turns them into status codes,
-and the HF serving runtime (which answers 400 for any exception) shows their message as it is.
-Messages name the problem and never carry a token or a stack trace.
+One place for every error class and its mapping: each carries the HTTP ``status_code`` it maps to,
+a stable ``kind`` (the error type clients and metrics see) and optional response ``headers``. The
+handler and the server raise these; the server (``server.render.error_response``) turns them into
+responses, and the HF serving runtime (which answers 400 for any exception) shows their message as
+it is. Messages name the problem and never carry a token or a stack trace.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ class EndpointError(Exception):
 
     status_code = 500
     kind = "inference_error"
+    headers: dict[str, str] | None = None
 
 
 class InvalidParameters(EndpointError, ValueError):
@@ -55,3 +58,54 @@ class RequestCancelled(EndpointError, RuntimeError):
 
     status_code = 499  # nginx's "client closed request": never sent to anyone, counted apart in metrics
     kind = "client_closed_request"
+
+
+# --- protocol errors the HTTP server raises -----------------------------------------------------
+
+
+class BadRequest(EndpointError, ValueError):
+    """A body the server cannot read (not JSON, nested too deeply, malformed multipart)."""
+
+    status_code = 400
+    kind = "bad_request"
+
+
+class Unauthorized(EndpointError):
+    status_code = 401
+    kind = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class NotFound(EndpointError):
+    status_code = 404
+    kind = "not_found"
+
+
+class MethodNotAllowed(EndpointError):
+    status_code = 405
+    kind = "method_not_allowed"
+
+    def __init__(self, message: str, allow: str | None = None):
+        super().__init__(message)
+        if allow:
+            self.headers = {"Allow": allow}
+
+
+class PayloadTooLarge(EndpointError):
+    status_code = 413
+    kind = "payload_too_large"
+
+
+class ServiceUnavailable(EndpointError):
+    """Models still loading, or the server is full: the client should come back later."""
+
+    status_code = 503
+    kind = "unavailable"
+
+    def __init__(self, message: str, retry_after_seconds: int = 5):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_seconds)}
+
+
+class QueueFull(ServiceUnavailable):
+    kind = "queue_full"

@@ -7,7 +7,9 @@ once, and calls it with each request body: ``{"inputs": <base64 str | bytes>, "p
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from audio import load_audio
 from config import InferenceConfig, ModelSettings, Timestamps
 from diarization_utils import Diarizer, merge_speakers
 from errors import AudioDecodeError, ModelNotConfigured
-from schemas import TranscriptionResponse
+from schemas import Chunk, TranscriptionResponse
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +43,22 @@ class EndpointHandler:
         inputs, config = parse_request(data)
         return self.transcribe(inputs, config).model_dump(mode="json")
 
-    def transcribe(self, inputs: Any, config: InferenceConfig) -> TranscriptionResponse:
-        result = self.transcribe_batch([(inputs, config)])[0]
+    def transcribe(self, inputs: Any, config: InferenceConfig, *, on_segments: Callable[[list[Chunk]], None] | None = None, cancelled: threading.Event | None = None) -> TranscriptionResponse:
+        """One request; ``on_segments`` and ``cancelled`` as in ``asr.Request`` (streaming, client gone)."""
+        result = self.transcribe_batch([(inputs, config, on_segments, cancelled)])[0]
         if isinstance(result, Exception):
             raise result
         return result
 
-    def transcribe_batch(self, requests: list[tuple[Any, InferenceConfig]]) -> list[TranscriptionResponse | Exception]:
+    def transcribe_batch(self, requests: list[tuple[Any, InferenceConfig] | tuple[Any, InferenceConfig, Callable[[list[Chunk]], None] | None, threading.Event | None]]) -> list[TranscriptionResponse | Exception]:
         """Several requests at once (the server's micro-batching): the transcriber decodes their
-        audio together; each failure is returned in its request's place, the others go on."""
+        audio together; each failure is returned in its request's place, the others go on. Each
+        item is ``(inputs, config)`` or ``(inputs, config, on_segments, cancelled)``."""
         results: list[TranscriptionResponse | Exception | None] = [None] * len(requests)
         started = time.perf_counter()
-        prepared = []  # (index, audio, config, diarize, turns future, timings)
-        for index, (inputs, config) in enumerate(requests):
+        prepared = []  # (index, audio, config, diarize, turns future, timings, on_segments, cancelled)
+        for index, (inputs, config, *streaming) in enumerate(requests):
+            on_segments, cancelled = (list(streaming) + [None, None])[:2]
             item_started = time.perf_counter()
             try:
                 self.transcriber.check(config)
@@ -64,11 +69,11 @@ class EndpointHandler:
                 continue
             timings = {"decode_audio": time.perf_counter() - item_started}
             turns_future = self._diarization_thread.submit(self._timed, self.diarizer.diarize, audio.samples, **config.speaker_constraints) if diarize else None
-            prepared.append((index, audio, config, diarize, turns_future, timings))
+            prepared.append((index, audio, config, diarize, turns_future, timings, on_segments, cancelled))
         asr_started = time.perf_counter()
-        transcripts = self.transcriber.transcribe_batch([Request(audio.samples, config, diarize) for _, audio, config, diarize, _, _ in prepared]) if prepared else []
+        transcripts = self.transcriber.transcribe_batch([Request(audio.samples, config, diarize, on_segments, cancelled) for _, audio, config, diarize, _, _, on_segments, cancelled in prepared]) if prepared else []
         asr_seconds = time.perf_counter() - asr_started
-        for (index, audio, config, _, turns_future, timings), transcript in zip(prepared, transcripts):
+        for (index, audio, config, _, turns_future, timings, _, _), transcript in zip(prepared, transcripts):
             try:
                 if isinstance(transcript, Exception):
                     raise transcript

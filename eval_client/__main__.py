@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--language")
     p.add_argument("--model", default="whisper-1", help="the OpenAI protocol's model field")
     p.add_argument("--param", type=parse_param, action="append", default=[], metavar="KEY=VALUE", help="extra request parameter (repeatable), e.g. --param diarize=true")
+    p.add_argument("--stream", action="store_true", help="streamed answers (openai: SSE, tt: NDJSON); reports time to first text beside latency")
     p.add_argument("--collar", type=float, default=0.0, help="DER/JER forgiveness collar, seconds")
     p.add_argument("--out", type=Path, help="report folder (default: reports/eval-<protocol>-<time>)")
     p.add_argument("--fail-on-error", action="store_true", help="exit 1 when any request finally failed")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required with several processes: the shards meet there")
     settings: dict[str, Any] = dict(
         protocol=args.protocol, timeout_s=args.timeout, max_retries=args.retries, backoff_base_s=args.backoff,
-        concurrency=args.concurrency, wav_encoding=args.wav, language=args.language, model=args.model, parameters=dict(args.param),
+        concurrency=args.concurrency, wav_encoding=args.wav, language=args.language, model=args.model, parameters=dict(args.param), stream=args.stream,
     )
     if args.base_url:
         settings["base_url"] = args.base_url

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 import soundfile
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 Protocol = Literal["hf", "openai", "tt"]
 WavEncoding = Literal["float32", "int16"]
@@ -57,6 +57,7 @@ class Attempt(BaseModel):
     error_kind: ErrorKind | None = None
     error: str | None = None
     latency_s: float
+    first_text_s: float | None = Field(None, description="Streamed requests: seconds until the first text arrived.")
     waited_before_s: float = 0.0
 
 
@@ -70,6 +71,7 @@ class RequestOutcome(BaseModel):
     error: str | None = None
     attempts: list[Attempt]
     latency_s: float | None = Field(None, description="Duration of the successful attempt.")
+    first_text_s: float | None = Field(None, description="Streamed requests: time to the first text of the successful attempt.")
     elapsed_s: float = Field(description="Wall time including retries and backoff.")
 
 
@@ -143,6 +145,13 @@ class ClientConfig(BaseModel):
     language: str | None = None
     model: str = "whisper-1"  # the OpenAI protocol's required form field
     parameters: dict[str, Any] = Field(default_factory=dict, description="Extra request parameters, sent per protocol.")
+    stream: bool = Field(False, description="Ask for a streamed answer (openai: SSE, tt: NDJSON) and time the first text.")
+
+    @model_validator(mode="after")
+    def _streamable(self) -> "ClientConfig":
+        if self.stream and self.protocol == "hf":
+            raise ValueError("stream: the HF contract has no streamed answer; use protocol openai or tt")
+        return self
 
 
 class ASRClient:
@@ -214,7 +223,7 @@ class ASRClient:
             attempts.append(attempt)
             if parsed is not None:
                 text, speakers = parsed
-                return RequestOutcome(ok=True, text=text, speakers=speakers, attempts=attempts, latency_s=attempt.latency_s, elapsed_s=time.perf_counter() - started)
+                return RequestOutcome(ok=True, text=text, speakers=speakers, attempts=attempts, latency_s=attempt.latency_s, first_text_s=attempt.first_text_s, elapsed_s=time.perf_counter() - started)
             if attempt.error_kind not in RETRYABLE:
                 break
             wait = self.backoff(attempt_number, retry_after)
@@ -232,6 +241,8 @@ class ASRClient:
     async def _attempt(self, http: httpx.AsyncClient, wav: bytes) -> tuple[Attempt, tuple[str, list[SpeakerSegment]] | None, float | None]:
         url, request_kwargs = self._request(wav)
         start = time.perf_counter()
+        if self.config.stream:
+            return await self._streamed_attempt(http, url, request_kwargs, start)
         try:
             response = await http.post(url, **request_kwargs)
         except httpx.TimeoutException as error:
@@ -249,6 +260,39 @@ class ASRClient:
             return Attempt(status=status, error_kind="bad_response", error=str(error), latency_s=latency), None, None
         return Attempt(status=status, latency_s=latency), parsed, None
 
+    async def _streamed_attempt(self, http: httpx.AsyncClient, url: str, request_kwargs: dict[str, Any], start: float) -> tuple[Attempt, tuple[str, list[SpeakerSegment]] | None, float | None]:
+        """One streamed try: the text is the stream's final event (SSE ``transcript.text.done``,
+        the NDJSON line with ``final``); ``first_text_s`` is when the first non-empty text came."""
+        first_text: float | None = None
+        try:
+            async with http.stream("POST", url, **request_kwargs) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    status = response.status_code
+                    kind: ErrorKind = "http_429" if status == 429 else "http_5xx" if status >= 500 else "http_4xx"
+                    return Attempt(status=status, error_kind=kind, error=f"HTTP {status}: {response.text[:300]}", latency_s=time.perf_counter() - start), None, retry_after_seconds(response.headers.get("retry-after"))
+                events = StreamEvents()
+                async for line in response.aiter_lines():
+                    if events.feed(line) and first_text is None:
+                        first_text = time.perf_counter() - start
+                status = response.status_code
+        except httpx.TimeoutException as error:
+            return Attempt(error_kind="timeout", error=f"{type(error).__name__}: {error}", latency_s=time.perf_counter() - start), None, None
+        except httpx.TransportError as error:
+            return Attempt(error_kind="connection", error=f"{type(error).__name__}: {error}", latency_s=time.perf_counter() - start), None, None
+        latency = time.perf_counter() - start
+        if events.error is not None:  # the server failed after the stream began
+            code = events.error.get("code")
+            kind = "http_5xx" if not isinstance(code, int) or code >= 500 else "http_4xx"
+            return Attempt(status=status, error_kind=kind, error=f"error in stream: {str(events.error.get('message'))[:300]}", latency_s=latency, first_text_s=first_text), None, None
+        if events.final is None:
+            return Attempt(status=status, error_kind="bad_response", error="the stream ended without its final event", latency_s=latency, first_text_s=first_text), None, None
+        try:
+            text, speakers = parse_transcription(events.final)
+        except BadResponse as error:
+            return Attempt(status=status, error_kind="bad_response", error=str(error), latency_s=latency, first_text_s=first_text), None, None
+        return Attempt(status=status, latency_s=latency, first_text_s=first_text), (text, speakers or events.speakers), None
+
     def _request(self, wav: bytes) -> tuple[str, dict[str, Any]]:
         base = self.config.base_url.rstrip("/")
         params = self.config.parameters
@@ -256,10 +300,10 @@ class ASRClient:
             parameters = {**({"language": self.config.language} if self.config.language else {}), **params}
             return base + "/", {"json": {"inputs": _b64(wav), "parameters": parameters}}
         if self.config.protocol == "tt":
-            return base + "/audio/transcriptions", {"json": {"file": _b64(wav), "stream": False, **params}}
+            return base + "/audio/transcriptions", {"json": {"file": _b64(wav), "stream": self.config.stream, **params}}
         # OpenAI: a base that already ends in /v1 (as OPENAI_API_BASE usually does) gets no second /v1.
         url = base + ("/audio/transcriptions" if base.endswith("/v1") else "/v1/audio/transcriptions")
-        data = {"model": self.config.model, "response_format": "json", **{k: _form_value(v) for k, v in params.items()}}
+        data = {"model": self.config.model, "response_format": "json", **({"stream": "true"} if self.config.stream else {}), **{k: _form_value(v) for k, v in params.items()}}
         if self.config.language:
             data["language"] = self.config.language
         files = {"file": ("audio.wav", wav, "audio/wav")}
@@ -270,6 +314,39 @@ class ASRClient:
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         return headers
+
+
+class StreamEvents:
+    """Reads a streamed transcription line by line: OpenAI's SSE (``data: {json}`` lines) or
+    tt-media-server's NDJSON. Keeps the final event, speaker segments and any error."""
+
+    def __init__(self) -> None:
+        self.final: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.speakers: list[SpeakerSegment] = []
+
+    def feed(self, line: str) -> bool:
+        """One line; True when it carried new text."""
+        line = line.strip()
+        if line.startswith("data:"):
+            line = line[5:].strip()
+        if not line.startswith("{"):
+            return False  # SSE blank lines, comments, event names
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            return False
+        if isinstance(event.get("error"), dict):
+            self.error = event["error"]
+            return False
+        kind = event.get("type")
+        if kind == "transcript.text.done" or event.get("final"):
+            self.final = event
+            return False
+        if kind == "transcript.text.segment" and event.get("speaker"):
+            self.speakers.append(SpeakerSegment(speaker=str(event["speaker"]), start=float(event["start"]), end=float(event["end"])))
+            return False
+        return bool(event.get("delta") or (kind is None and event.get("text")))
 
 
 def _body(response: httpx.Response) -> Any:

@@ -22,6 +22,7 @@ class ItemResult(BaseModel):
     error: str | None = None
     attempts: list[Attempt]
     latency_s: float | None = None
+    first_text_s: float | None = None  # streamed requests
     elapsed_s: float
     words: EditCounts | None = None  # successful items with a reference
     chars: EditCounts | None = None
@@ -51,6 +52,7 @@ class Summary(BaseModel):
     der: float | None = None
     jer: float | None = None
     latency_s: LatencyStats
+    first_text_s: LatencyStats | None = Field(None, description="Streamed requests: time to the first text.")
     audio_s: float = Field(description="Seconds of audio in succeeded items.")
     wall_s: float
     real_time_factor: float | None = Field(description="Sum of request latencies / audio seconds (succeeded items).")
@@ -92,6 +94,7 @@ def summarize(items: list[ItemResult], wall_s: float) -> Summary:
         der=diarization.der_rate if diarization else None,
         jer=diarization.jer_rate if diarization else None,
         latency_s=latency_stats([item.latency_s for item in done if item.latency_s is not None]),
+        first_text_s=latency_stats(firsts) if (firsts := [item.first_text_s for item in done if item.first_text_s is not None]) else None,
         audio_s=audio_s,
         wall_s=wall_s,
         real_time_factor=latency_sum / audio_s if audio_s else None,
@@ -137,7 +140,12 @@ def summary_rows(report: EvalReport) -> list[tuple[str, str]]:
     rows += [
         ("latency s (p50/p90/p95/p99)", f"{_sec(lat.p50)} / {_sec(lat.p90)} / {_sec(lat.p95)} / {_sec(lat.p99)}"),
         ("latency s (mean, min-max)", f"{_sec(lat.mean)}, {_sec(lat.min)}-{_sec(lat.max)}"),
-        ("real-time factor", _sec(s.real_time_factor)),
+    ]
+    if s.first_text_s is not None:
+        first = s.first_text_s
+        rows += [("time to first text s (p50/p90, mean)", f"{_sec(first.p50)} / {_sec(first.p90)}, {_sec(first.mean)}")]
+    rows += [
+    ("real-time factor", _sec(s.real_time_factor)),
         ("throughput", f"{_sec(s.throughput_audio_s_per_s)} audio s/s, {_sec(s.requests_per_s)} req/s"),
         ("audio / wall", f"{s.audio_s:.1f} s / {s.wall_s:.1f} s (concurrency {report.concurrency}, {report.world_size} process(es))"),
     ]

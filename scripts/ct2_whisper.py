@@ -199,4 +199,19 @@ def convert(ct2_dir: Path, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    # transformers 5 keeps the feature extractor inside processor_config.json; 4.x (the Inference
+    # Endpoints image) looks only for preprocessor_config.json.
+    processor.feature_extractor.save_pretrained(output_dir)
+    _write_classic_tokenizer_config(output_dir / "tokenizer_config.json")
     generation.save_pretrained(output_dir)
+
+
+def _write_classic_tokenizer_config(path: Path) -> None:
+    """transformers 5 names the special-token list `extra_special_tokens` and adds a `backend` key,
+    which 4.x (the Inference Endpoints image) cannot read; the Hub's checkpoints use the older names,
+    which both read."""
+    config = json.loads(path.read_text())
+    config.pop("backend", None)
+    if "extra_special_tokens" in config:
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")

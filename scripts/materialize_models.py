@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS_DIR = REPO_DIR / "models"
 CHECKSUMS_FILE = "CHECKSUMS.sha256"
+# Bumped whenever a builder's output changes, so that copies built by an older version are rebuilt.
+LAYOUT = "# layout 2"
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,17 @@ def sha256(path: Path) -> str:
 def write_checksums(directory: Path) -> None:
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
     lines = [f"{sha256(p)}  {p.relative_to(directory).as_posix()}" for p in files]
-    (directory / CHECKSUMS_FILE).write_text("\n".join(lines) + "\n")
+    (directory / CHECKSUMS_FILE).write_text("\n".join([LAYOUT, *lines]) + "\n")
 
 
 def checksums_match(directory: Path) -> bool:
     listing = directory / CHECKSUMS_FILE
     if not listing.exists():
         return False
-    for line in listing.read_text().splitlines():
+    layout, *lines = listing.read_text().splitlines() or [""]
+    if layout != LAYOUT:
+        return False
+    for line in lines:
         digest, relative = line.split("  ", 1)
         path = directory / relative
         if not path.exists() or sha256(path) != digest:

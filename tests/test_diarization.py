@@ -57,6 +57,7 @@ def diarizer(diarizing_handler):
 # --- the offline pipeline -------------------------------------------------------------------------
 
 
+@pytest.mark.toolkit_contract
 def test_pipeline_loads_and_runs_with_the_hub_unreachable():
     # A fresh interpreter with the hub disabled: loading must not fetch anything (e.g. a PLDA).
     script = (
@@ -216,6 +217,7 @@ def test_hub_pipeline_without_access_is_a_clear_load_error(monkeypatch):
 # --- end to end ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.toolkit_contract
 def test_two_speaker_call_end_to_end(diarizing_handler):
     """The 2-speaker call: two speakers, every word attributed once, speaker-attributed WER bounded."""
     from meeteval.wer.wer.cp import cp_word_error_rate

@@ -142,6 +142,17 @@ def test_summary_excludes_failures_from_wer_and_reports_them_as_deletions():
     assert summary.latency_s.p50 == pytest.approx(1.0) and summary.latency_s.max == 1.5
     assert summary.real_time_factor == pytest.approx(2.0 / 4.0)
     assert summary.throughput_audio_s_per_s == pytest.approx(4.0 / 2.0)
+    assert summary.first_text_s is None  # nothing was streamed
+
+
+def test_streamed_items_report_time_to_first_text_beside_latency():
+    from eval_client.report import EvalReport, console_table
+
+    items = [_item("a", True, "one", "one", 2.0).model_copy(update={"first_text_s": 0.4}), _item("b", True, "two", "two", 4.0).model_copy(update={"first_text_s": 0.6})]
+    summary = summarize(items, wall_s=6.0)
+    assert summary.first_text_s.count == 2 and summary.first_text_s.mean == pytest.approx(0.5)
+    report = EvalReport(base_url="http://x", protocol="openai", dataset="d", concurrency=1, started_at=0, finished_at=6, summary=summary, items=items)
+    assert "time to first text s (p50/p90, mean)  0.500 / 0.580, 0.500" in console_table(report)
 
 
 def test_latency_percentiles():

@@ -49,6 +49,7 @@ def b64(data: bytes) -> str:
 # --- the HF serving runtime's three input shapes ------------------------------------------------
 
 
+@pytest.mark.toolkit_contract
 def test_base64_inputs_with_parameters(handler, jfk_flac):
     output = handler({"inputs": b64(jfk_flac), "parameters": {"batch_size": 4, "language": "en"}})
     json.dumps(output)  # the runtime serializes it as it is
@@ -59,16 +60,19 @@ def test_base64_inputs_with_parameters(handler, jfk_flac):
     assert normalize(" ".join(c["text"] for c in output["chunks"])) == normalize(output["text"])
 
 
+@pytest.mark.toolkit_contract
 def test_raw_bytes_without_parameters(handler, jfk_flac):
     output = handler({"inputs": jfk_flac})
     assert wer(JFK_WORDS, output["text"]) < 0.05
     assert output["language"] == "en"  # detected: none was given
 
 
+@pytest.mark.toolkit_contract
 def test_bare_bytes_body(handler, jfk_flac):
     assert wer(JFK_WORDS, handler(jfk_flac)["text"]) < 0.05
 
 
+@pytest.mark.toolkit_contract
 def test_word_timestamps_are_monotonic_and_cover_the_text(handler, jfk_flac):
     output = handler({"inputs": jfk_flac, "parameters": {"timestamps": "word", "language": "en"}})
     words = output["words"]
@@ -88,6 +92,7 @@ def test_no_timestamps(handler, jfk_flac):
     assert output["chunks"] == [] and output["words"] is None and wer(JFK_WORDS, output["text"]) < 0.05
 
 
+@pytest.mark.toolkit_contract
 def test_imported_like_the_serving_runtime(tmp_path, jfk_flac):
     """The runtime puts the repo first on sys.path, calls EndpointHandler(<repo dir>) from another
     working directory, and turns exceptions into HTTP 400 {"error": str(e)}."""
@@ -129,6 +134,7 @@ def test_wer_on_the_dev_short_set(handler):
     assert corpus_wer < MAX_SHORT_SET_WER
 
 
+@pytest.mark.toolkit_contract
 def test_translate_and_detected_language(handler, data_dir):
     row = next(r for r in load_manifest("asr_short") if r["id"].startswith("fleurs"))
     audio = open(row["audio"], "rb").read()
@@ -181,6 +187,7 @@ def test_a_tenth_of_a_second(handler, jfk_flac):
         ("just a string", AudioDecodeError, "JSON object"),
     ],
 )
+@pytest.mark.toolkit_contract
 def test_bad_requests_get_clear_errors(handler, data, error, message):
     with pytest.raises(error, match=message):
         handler(data)
@@ -230,6 +237,7 @@ def test_ten_minutes_of_speech(tmp_path):
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["decoder-only draft", "seq2seq draft"])
+@pytest.mark.toolkit_contract
 def test_assisted_decoding_is_lossless(tmp_path, causal):
     draft = build_draft(BASE_MODEL, tmp_path, causal=causal)
     handler = EndpointHandler(str(REPO_DIR), settings=ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), assistant_model=str(draft)))

@@ -27,6 +27,7 @@ import pytest
 import soundfile
 from conftest import DIARIZATION_MODEL, load_manifest
 from huggingface_hub import InferenceClient
+from openai.types.audio import TranscriptionDiarized
 from scipy.io import wavfile
 
 API_KEY = "server-test-key-5f3a"
@@ -248,16 +249,18 @@ def rttm_turns(path: str) -> list[tuple[float, float, str]]:
     return turns
 
 
-def test_openai_sdk_diarized_verbose_json_matches_the_reference_speakers(diarizing):
-    """A 2-speaker telephone call: every segment carries a speaker, and the labels map onto the
-    human RTTM's speakers consistently (segment by segment, majority overlap)."""
+def test_openai_sdk_diarized_json_matches_the_reference_speakers(diarizing):
+    """A 2-speaker telephone call as OpenAI's diarized_json (the SDK's TranscriptionDiarized): every
+    segment carries a speaker, and the labels map onto the human RTTM's speakers consistently
+    (segment by segment, majority overlap)."""
     row = next(r for r in load_manifest("diarization") if r["id"] == "pyannote_sample")
     client = openai.OpenAI(base_url=f"{diarizing.url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
     with open(row["audio"], "rb") as f:
-        result = client.audio.transcriptions.create(model="whisper-1", file=("call.wav", f.read()), language="en", response_format="verbose_json", extra_body={"diarize": True, "num_speakers": 2})
-    assert result.text and result.segments
-    assert all(s.speaker for s in result.segments)
-    assert result.speakers == sorted({s.speaker for s in result.segments}) and len(result.speakers) == 2
+        result = client.audio.transcriptions.create(model="whisper-1", file=("call.wav", f.read()), language="en", response_format="diarized_json", extra_body={"num_speakers": 2})
+    assert isinstance(result, TranscriptionDiarized) and result.text and result.segments
+    assert all(s.speaker and s.type == "transcript.text.segment" for s in result.segments)
+    speakers = sorted({s.speaker for s in result.segments})
+    assert len(speakers) == 2 and result.usage.seconds == pytest.approx(row["duration"], abs=0.05)
     reference = rttm_turns(row["rttm"])
     pairs = []
     for segment in result.segments:
@@ -267,10 +270,18 @@ def test_openai_sdk_diarized_verbose_json_matches_the_reference_speakers(diarizi
         best = max(overlap, key=overlap.get)
         if overlap[best] > 0:
             pairs.append((segment.speaker, best))
-    hyp, ref = result.speakers, sorted({speaker for _, _, speaker in reference})
+    ref = sorted({speaker for _, _, speaker in reference})
     # Labels are arbitrary: score the better of the two one-to-one mappings.
-    agreement = max(sum(pair in set(zip(hyp, mapping)) for pair in pairs) for mapping in (ref, ref[::-1]))
+    agreement = max(sum(pair in set(zip(speakers, mapping)) for pair in pairs) for mapping in (ref, ref[::-1]))
     assert len(pairs) >= 5 and agreement / len(pairs) >= 0.7, pairs
+
+
+def test_openai_plain_request_to_a_diarizing_deployment_is_not_diarized(diarizing):
+    """OpenAI clients never ask for speakers: subtitles must not gain [SPEAKER_00] labels (nor pay for diarization)."""
+    client = openai.OpenAI(base_url=f"{diarizing.url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
+    subtitles = client.audio.transcriptions.create(model="whisper-1", file=("clip.flac", audio_bytes(CLIP)), language="en", response_format="srt")
+    assert "SPEAKER" not in subtitles
+    assert_transcribes(" ".join(re.findall(r"--> [\d:,]+\n(.+)", subtitles)), CLIP)
 
 
 def test_openai_sdk_diarization_without_a_model_is_a_clear_422(openai_client):
@@ -393,3 +404,24 @@ def test_inference_failure_is_a_500_without_traceback_or_secrets(broken):
         assert leak not in response.text
     # The server survives and keeps answering.
     assert httpx.get(f"{broken.url}/health").status_code == 200
+
+
+# --- streaming through the real handler ----------------------------------------------------------
+
+
+def test_openai_sdk_streams_the_same_text_as_the_plain_request(live, openai_client):
+    flac = audio_bytes(JFK_FLAC)
+    plain = openai_client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", flac), language="en")
+    events = list(openai_client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", flac), language="en", stream=True))
+    assert [e.type for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1) and events[-1].type == "transcript.text.done"
+    assert "".join(e.delta for e in events[:-1]) == events[-1].text == plain.text
+    assert_transcribes(plain.text, JFK_FLAC)
+
+
+def test_whisper_tt_request_with_stream_true_answers_ndjson(live):
+    response = httpx.post(f"{live.url}/audio/transcriptions", json={**whisper_tt_payload(CLIP), "stream": True}, headers=TT_HEADERS, timeout=TIMEOUT)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert lines[-1]["final"] is True and "".join(line["text"] for line in lines[:-1]) == lines[-1]["text"]
+    assert [line["chunk_id"] for line in lines] == list(range(len(lines)))
+    assert_transcribes(lines[-1]["text"], CLIP)
