@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     audio = clips()
     results = {"load_average": os.getloadavg(), "replicas": args.replicas, "clients": args.clients, "requests": args.requests, "model": Path(args.asr_model).name, "backend": args.asr_backend, "modes": {}}
-    for mode in args.modes.split(","):
+    for index, mode in enumerate(args.modes.split(",")):  # a fresh port each: the last cluster may still hold its own
         env = {"ASR_MODEL": args.asr_model, "ASR_BACKEND": args.asr_backend, "DIARIZATION_MODEL": "", "ASSISTANT_MODEL": "", "API_KEY": "",
                "RAY_REPLICAS": str(args.replicas), "RAY_BATCHING": mode, "RAY_MAX_BATCH_SIZE": str(args.max_batch_size)}
-        server = RayServeProcess(args.port, env, REPO_DIR / ".pytest_cache" / f"bench-ray-{mode}.log")
+        server = RayServeProcess(args.port + index, env, REPO_DIR / ".pytest_cache" / f"bench-ray-{mode}.log")
         try:
             results["modes"][mode] = {**asyncio.run(load(server.url, audio, args.clients, args.requests)), "per_replica": server.replica_counts()}
         finally:
