@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: install runtime-env models serve test bench clean
+.PHONY: install runtime-env models serve serve-ray test bench clean
 
 $(INSTALLED): requirements.txt requirements-server.txt requirements-client.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,12 @@ $(INSTALLED): requirements.txt requirements-server.txt requirements-client.txt r
 	touch $@
 
 install: $(INSTALLED)
+
+# Ray (scale-out: serve_ray.py, python -m batch) is optional at run time; the tests need it.
+RAY_INSTALLED := $(VENV)/.installed-ray
+$(RAY_INSTALLED): $(INSTALLED) requirements-ray.txt
+	$(PY) -m pip install --quiet -r requirements-ray.txt -c constraints.txt
+	touch $@
 
 # An environment installed the way the Inference Endpoints image installs this repository: the
 # huggingface-inference-toolkit's pins first, then `pip install -r requirements.txt` on top
@@ -48,7 +54,12 @@ DIARIZATION_MODEL ?= $(shell test -d models/pyannote-diarization && echo models/
 serve: models
 	ASR_MODEL="$(ASR_MODEL)" ASR_BACKEND="$(ASR_BACKEND)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" $(PY) -m uvicorn server:app --host $(HOST) --port $(PORT)
 
-test: models runtime-env
+# The same server on a local Ray cluster: RAY_REPLICAS handler replicas behind the same routes (README, Scale-out).
+RAY_REPLICAS ?= 2
+serve-ray: models $(RAY_INSTALLED)
+	ASR_MODEL="$(ASR_MODEL)" ASR_BACKEND="$(ASR_BACKEND)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" HOST="$(HOST)" PORT="$(PORT)" RAY_REPLICAS="$(RAY_REPLICAS)" $(PY) serve_ray.py
+
+test: models runtime-env $(RAY_INSTALLED)
 	$(PY) -m pytest tests
 
 bench: models
