@@ -211,7 +211,7 @@ class CAMPPlus(Model):
 
         ``waveform``: (1, samples); ``masks``: (chunks, frames, speakers) speaker activity over each
         chunk of ``chunk_duration`` seconds starting at ``chunk_starts``. Returns (chunks, speakers,
-        dimension); a speaker without active frames gets NaN, as in pyannote.
+        dimension), pooled as ``forward`` pools (a chunk starting past the recording's end: NaN).
 
         Overlapping chunks share most of their audio: the frame features are computed once for the
         whole recording (in blocks, with context on both sides, so memory stays bounded on long
@@ -222,7 +222,7 @@ class CAMPPlus(Model):
         num_chunks, _, num_speakers = masks.shape
         # (chunks, speakers, frames) at the features' frame rate
         weights = F.interpolate(masks.transpose(1, 2).float(), size=chunk_frames, mode="nearest")
-        embeddings = torch.full((num_chunks, num_speakers, self.dimension), float("nan"))
+        embeddings = torch.full((num_chunks, num_speakers, self.dimension), float("nan"), device=features.device)
         for c, start in enumerate(chunk_starts):
             first = round(start * rate)
             segment = features[:, :, first : first + chunk_frames]
