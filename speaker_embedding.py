@@ -204,3 +204,51 @@ class CAMPPlus(Model):
         x = self.frame_features(unique)[inverse]
         # StatsPool interpolates the (batch, frames) weights to the pooled sequence's frame rate.
         return self.xvector.dense(self.xvector.stats(x, weights=weights))
+
+    @torch.inference_mode()
+    def embed_chunks(self, waveform: torch.Tensor, masks: torch.Tensor, chunk_starts: list[float], chunk_duration: float, block_seconds: float = 60.0, margin_seconds: float = 2.0) -> torch.Tensor:
+        """Embeddings of every (chunk, local speaker) of a segmentation, from one pass over the audio.
+
+        ``waveform``: (1, samples); ``masks``: (chunks, frames, speakers) speaker activity over each
+        chunk of ``chunk_duration`` seconds starting at ``chunk_starts``. Returns (chunks, speakers,
+        dimension), pooled as ``forward`` pools (a chunk starting past the recording's end: NaN).
+
+        Overlapping chunks share most of their audio: the frame features are computed once for the
+        whole recording (in blocks, with context on both sides, so memory stays bounded on long
+        audio) and only the weighted pooling runs per chunk and speaker."""
+        features = self.recording_features(waveform, block_seconds, margin_seconds)
+        rate = self.FEATURE_RATE
+        chunk_frames = round(chunk_duration * rate)
+        num_chunks, _, num_speakers = masks.shape
+        # (chunks, speakers, frames) at the features' frame rate
+        weights = F.interpolate(masks.transpose(1, 2).float(), size=chunk_frames, mode="nearest")
+        embeddings = torch.full((num_chunks, num_speakers, self.dimension), float("nan"), device=features.device)
+        for c, start in enumerate(chunk_starts):
+            first = round(start * rate)
+            segment = features[:, :, first : first + chunk_frames]
+            if segment.shape[-1] < 2:
+                continue
+            pooled = self.xvector.stats(segment, weights=weights[c : c + 1, :, : segment.shape[-1]])
+            embeddings[c] = self.xvector.dense(pooled[0])
+        return embeddings
+
+    # fbank frames every 10 ms, halved by the first TDNN layer's stride
+    FEATURE_RATE = 50.0
+
+    def recording_features(self, waveform: torch.Tensor, block_seconds: float, margin_seconds: float) -> torch.Tensor:
+        """(1, samples) -> (1, channels, frames at FEATURE_RATE) over the whole recording."""
+        sample_rate = self.hparams.sample_rate if "sample_rate" in self.hparams else 16000
+        samples = waveform.shape[-1]
+        block, margin = round(block_seconds * sample_rate), round(margin_seconds * sample_rate)
+        hop = round(sample_rate / self.FEATURE_RATE)
+        parts = []
+        for begin in range(0, samples, block):
+            left = max(0, begin - margin)
+            right = min(samples, begin + block + margin)
+            if right - left < 400:  # shorter than one fbank window
+                break
+            x = self.frame_features(waveform[None, :, left:right])
+            skip = (begin - left) // hop
+            keep = -(-(min(samples, begin + block) - begin) // hop)
+            parts.append(x[:, :, skip : skip + keep])
+        return torch.cat(parts, dim=-1)

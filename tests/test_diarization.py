@@ -31,9 +31,12 @@ DER_BOUNDS = {  # id: (collar 0, collar 0.25 s)
     "pyannote_sample": (0.10, 0.05),
     "fw_stereo_diarization": (0.15, 0.08),
 }
-# The 7 AMI excerpts together (aggregate DER, collar 0; measured 0.35): quiet far-field meetings with
-# 1-4 speakers and overlap, where segmentation-3.0 misses backchannels. 0.42 leaves 20 % headroom.
-AMI_AGGREGATE_BOUND = 0.42
+# The 7 AMI excerpts together (aggregate DER, collar 0; measured 0.33): quiet far-field meetings with
+# 1-4 speakers and overlap, where segmentation-3.0 misses backchannels. 0.40 leaves 20 % headroom.
+AMI_AGGREGATE_BOUND = 0.40
+# Items with speakers whose speaker count must come out right (measured: 7 of 9, all but AMI trn00,
+# 3 speakers found as 2, and trn01, 4 speakers with 3 s of backchannels that segmentation misses).
+MIN_RIGHT_SPEAKER_COUNTS = 7
 
 
 def samples(item_id: str) -> np.ndarray:
@@ -137,6 +140,47 @@ def test_der_on_the_ami_excerpts(dev_results):
             errors += components["false alarm"] + components["missed detection"] + components["confusion"]
             total += components["total"]
     assert total > 60 and errors / total <= AMI_AGGREGATE_BOUND
+
+
+def test_speaker_counts_on_the_dev_items(dev_results):
+    counts = {item.id: (len(item.reference.labels()), len(h.labels())) for item, h in dev_results if item.reference.labels()}
+    assert len(counts) == 9
+    assert sum(reference == found for reference, found in counts.values()) >= MIN_RIGHT_SPEAKER_COUNTS, counts
+
+
+def test_one_pass_embeddings_match_the_per_chunk_ones(diarizer):
+    """CAMPPlus.embed_chunks (frame features once per recording) gives what pyannote's per-chunk loop
+    gives: same speakers, up to the context the frame features see."""
+    from pyannote.audio.pipelines.speaker_diarization import SpeakerDiarization
+
+    pipeline = diarizer.pipeline
+    file = {"uri": "call", "waveform": torch.from_numpy(samples("pyannote_sample")[: 16000 * 15])[None], "sample_rate": 16000}
+    segmentations = pipeline.get_segmentations(file)
+    ours = pipeline.get_embeddings(file, segmentations)
+    stock = SpeakerDiarization.get_embeddings(pipeline, file, segmentations)
+    active = ~np.isnan(stock).any(axis=2)
+    assert active.sum() >= 6 and np.array_equal(active, ~np.isnan(ours).any(axis=2))
+    a, b = ours[active], stock[active]
+    cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert np.median(cosine) > 0.97 and cosine.min() > 0.8, cosine
+
+
+def test_clustering_keeps_a_small_but_distinct_speaker():
+    """Two talkative speakers and one who says little (3 embeddings): a distinct small cluster stays
+    a speaker; with pyannote's rule (small clusters always merged) it is absorbed."""
+    from diarization_pipeline import SpeakerClustering
+
+    rng = np.random.default_rng(0)
+    voices = np.eye(3, 16)
+    embeddings = np.concatenate([voices[k] + 0.05 * rng.standard_normal((n, 16)) for k, n in ((0, 30), (1, 30), (2, 3))])
+    clustering = SpeakerClustering()
+    for small_cluster_threshold, expected in ((0.5, 3), (2.0, 2)):
+        clustering.instantiate({"method": "centroid", "threshold": 0.7, "min_cluster_size": 12, "min_active_ratio": 0.05, "small_cluster_threshold": small_cluster_threshold})
+        labels = clustering.cluster(embeddings.copy(), min_clusters=1, max_clusters=len(embeddings))
+        assert len(set(labels)) == expected
+        assert len(set(labels[:30])) == 1 and len(set(labels[30:60])) == 1
+    # a requested count still wins
+    assert len(set(clustering.cluster(embeddings.copy(), min_clusters=1, max_clusters=2))) == 2
 
 
 def test_silence_gives_no_speakers(diarizer, dev_results):
