@@ -1,12 +1,19 @@
-"""Any audio input → 16 kHz mono float32 samples. The only place audio is decoded."""
+"""Any audio input → 16 kHz mono float32 samples. The only place audio is decoded.
+
+Files are decoded, downmixed and resampled block by block into one preallocated 16 kHz buffer, so a
+long file costs one float32 copy of its 16 kHz audio, not copies at the source rate. The header is
+checked first (sample rate, declared duration): a tiny file declaring hours of audio at 1 Hz is
+refused before any decoding, and ``probe_duration`` lets a server admit requests by audio seconds.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import io
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import soundfile
@@ -15,6 +22,11 @@ import soxr
 from errors import AudioDecodeError, AudioTooLong, EndpointError
 
 TARGET_SAMPLING_RATE = 16000
+# Below 4 kHz no speech is intelligible (telephone audio is 8 kHz); above 384 kHz no audio interface
+# records. Outside this range a header is a mistake or an amplification attempt.
+MIN_SAMPLING_RATE = 4000
+MAX_SAMPLING_RATE = 384000
+BLOCK_FRAMES = 2**17  # decoding block (8 s at 16 kHz): bounds the memory beside the 16 kHz output buffer
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,15 @@ class Audio:
     @property
     def duration(self) -> float:
         return len(self.samples) / TARGET_SAMPLING_RATE
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a file's header says, read without decoding the audio."""
+
+    duration: float | None  # seconds; None when the container does not declare it (streamed webm, raw ADTS…)
+    sampling_rate: int
+    channels: int
 
 
 def load_audio(inputs: Any, sampling_rate: int = TARGET_SAMPLING_RATE, max_seconds: float | None = None) -> Audio:
@@ -43,19 +64,24 @@ def load_audio(inputs: Any, sampling_rate: int = TARGET_SAMPLING_RATE, max_secon
         return from_samples(array, int(inputs.get("sampling_rate", sampling_rate)), max_seconds)
     if isinstance(inputs, (list, tuple, np.ndarray)):
         return from_samples(inputs, sampling_rate, max_seconds)
+    return from_file_bytes(as_file_bytes(inputs), max_seconds)
+
+
+def as_file_bytes(inputs: Any) -> bytes:
+    """The file bytes of a base64 string or a bytes-like ``inputs``."""
     if isinstance(inputs, str):
         inputs = decode_base64(inputs)
     if isinstance(inputs, (bytearray, memoryview)):
         inputs = bytes(inputs)
     if not isinstance(inputs, bytes):
         raise AudioDecodeError(f"'inputs' must be base64 audio, audio bytes or a sample array, got {type(inputs).__name__}")
-    return from_file_bytes(inputs, max_seconds)
+    return inputs
 
 
 def decode_base64(text: str) -> bytes:
     text = text.strip()
-    if text.startswith(("http://", "https://", "file:", "/")):
-        raise AudioDecodeError("'inputs' looks like a URL or path; this endpoint does not fetch files — send the audio itself, base64-encoded")
+    if text.startswith(("http://", "https://", "file:")):
+        raise AudioDecodeError("'inputs' looks like a URL; this endpoint does not fetch files — send the audio itself, base64-encoded")
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if ";base64" not in header:
@@ -63,17 +89,43 @@ def decode_base64(text: str) -> bytes:
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as error:
+        # "/" is a base64 character (an MP3 frame or ADTS header encodes to "//…" or "/+…"), so a
+        # leading slash only means a path once the text has failed to decode.
+        if text.startswith(("/", "./", "~/")) or text[1:3] in (":\\", ":/"):
+            raise AudioDecodeError("'inputs' looks like a file path; this endpoint does not read files — send the audio itself, base64-encoded") from None
         raise AudioDecodeError(f"'inputs' is not valid base64 ({error})") from None
 
 
-def from_file_bytes(data: bytes, max_seconds: float | None = None) -> Audio:
+def probe_duration(inputs: Any) -> float | None:
+    """Seconds of audio in ``inputs`` (file bytes or base64) from its header, without decoding it;
+    None when the format does not declare a duration. Raises ``AudioDecodeError`` for what
+    ``load_audio`` would refuse from the header alone (not audio, sample rate out of range)."""
+    return probe(as_file_bytes(inputs)).duration
+
+
+def probe(data: bytes) -> Probe:
     if not data:
         raise AudioDecodeError("'inputs' is empty: no audio was sent")
     try:
-        samples, rate = _decode_with_soundfile(data, max_seconds)
-    except soundfile.LibsndfileError:
-        samples, rate = _decode_with_av(data, max_seconds)
-    return _finish(samples, rate, max_seconds)
+        info = soundfile.info(io.BytesIO(data))
+        result = Probe(info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else 0.0, int(info.samplerate), int(info.channels))
+    except (soundfile.LibsndfileError, RuntimeError):
+        result = _probe_with_av(data)
+    _check_sampling_rate(result.sampling_rate)
+    return result
+
+
+def from_file_bytes(data: bytes, max_seconds: float | None = None) -> Audio:
+    header = probe(data)
+    if header.duration is not None:
+        _check_duration(header.duration, max_seconds)  # refused before decoding
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            blocks = f.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True)
+            samples = _resample_blocks(blocks, f.samplerate, header.duration, max_seconds)
+    except (soundfile.LibsndfileError, RuntimeError):
+        samples = _decode_with_av(data, header.duration, max_seconds)
+    return Audio(samples, header.sampling_rate, header.channels)
 
 
 def from_samples(array: Any, sampling_rate: int, max_seconds: float | None = None) -> Audio:
@@ -81,23 +133,63 @@ def from_samples(array: Any, sampling_rate: int, max_seconds: float | None = Non
         samples = np.asarray(array, dtype=np.float32)
     except (TypeError, ValueError):
         raise AudioDecodeError("the sample array must contain only numbers") from None
-    if samples.ndim == 2:  # (channels, samples) as transformers pipelines take it, or (samples, channels)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    elif samples.ndim == 2:  # (channels, samples) as transformers pipelines take it, or (samples, channels)
         samples = samples.T if samples.shape[0] < samples.shape[1] else samples
-    elif samples.ndim != 1:
+    else:
         raise AudioDecodeError(f"the sample array must be 1-D (or 2-D with channels), got shape {samples.shape}")
-    if not 1000 <= sampling_rate <= 384000:
-        raise AudioDecodeError(f"sampling_rate {sampling_rate} is out of range (1000–384000 Hz)")
-    return _finish(samples, sampling_rate, max_seconds)
+    _check_sampling_rate(sampling_rate)
+    _check_duration(len(samples) / sampling_rate, max_seconds)
+    blocks = (samples[i : i + BLOCK_FRAMES] for i in range(0, len(samples), BLOCK_FRAMES))
+    return Audio(_resample_blocks(blocks, sampling_rate, len(samples) / sampling_rate, max_seconds), sampling_rate, samples.shape[1])
 
 
-def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    with soundfile.SoundFile(io.BytesIO(data)) as f:
-        _check_duration(f.frames / f.samplerate if f.frames > 0 else 0.0, max_seconds)
-        return f.read(dtype="float32", always_2d=True), f.samplerate
+def _resample_blocks(blocks: Iterator[np.ndarray], rate: int, expected_seconds: float | None, max_seconds: float | None) -> np.ndarray:
+    """Downmix, check and resample (samples, channels) blocks into one 16 kHz float32 array.
+
+    The output is preallocated from the declared duration; the decoded duration is what counts
+    against ``max_seconds`` (a header can lie), checked block by block."""
+    output = _Output(expected_seconds)
+    stream = soxr.ResampleStream(rate, TARGET_SAMPLING_RATE, 1, dtype="float32", quality="HQ") if rate != TARGET_SAMPLING_RATE else None
+    decoded = 0
+    for block in blocks:
+        decoded += len(block)
+        _check_duration(decoded / rate, max_seconds)
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        _check_finite(mono)
+        output.append(stream.resample_chunk(mono) if stream is not None else mono)
+    if stream is not None and decoded:
+        output.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return output.finish()
 
 
-def _decode_with_av(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
+def _decode_with_av(data: bytes, expected_seconds: float | None, max_seconds: float | None) -> np.ndarray:
     """Containers libsndfile does not read (m4a/aac, webm, amr, …) go through FFmpeg (PyAV)."""
+    import av
+
+    output = _Output(expected_seconds)
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.audio[0]
+            # FFmpeg downmixes and resamples while decoding: one pass, no full-rate copy in memory.
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=TARGET_SAMPLING_RATE)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    output.append(out.to_ndarray().reshape(-1))
+                _check_duration(output.size / TARGET_SAMPLING_RATE, max_seconds)
+            for out in resampler.resample(None):
+                output.append(out.to_ndarray().reshape(-1))
+    except EndpointError:  # ours (too long): already clear
+        raise
+    except (av.FFmpegError, ValueError, IndexError) as error:
+        raise AudioDecodeError(f"could not decode the audio: not a supported audio format ({_first_bytes(data)}; {error})") from None
+    samples = output.finish()
+    _check_finite(samples)
+    return samples
+
+
+def _probe_with_av(data: bytes) -> Probe:
     import av
 
     try:
@@ -105,37 +197,51 @@ def _decode_with_av(data: bytes, max_seconds: float | None) -> tuple[np.ndarray,
             if not container.streams.audio:
                 raise AudioDecodeError("the file has no audio stream")
             stream = container.streams.audio[0]
+            duration = None
             if stream.duration is not None and stream.time_base is not None:
-                _check_duration(float(stream.duration * stream.time_base), max_seconds)
-            # FFmpeg downmixes and resamples while decoding: one pass, no full-rate copy in memory.
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=TARGET_SAMPLING_RATE)
-            pieces = []
-            decoded = 0
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    pieces.append(out.to_ndarray().reshape(-1))
-                    decoded += pieces[-1].size
-                _check_duration(decoded / TARGET_SAMPLING_RATE, max_seconds)
-            for out in resampler.resample(None):
-                pieces.append(out.to_ndarray().reshape(-1))
-    except EndpointError:  # ours (no audio stream, too long): already clear
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / av.time_base
+            return Probe(duration, int(stream.codec_context.sample_rate or stream.rate or 0), int(stream.codec_context.channels or 1))
+    except EndpointError:
         raise
     except (av.FFmpegError, ValueError, IndexError) as error:
         raise AudioDecodeError(f"could not decode the audio: not a supported audio format ({_first_bytes(data)}; {error})") from None
-    samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-    return samples[:, None], TARGET_SAMPLING_RATE
 
 
-def _finish(samples: np.ndarray, sampling_rate: int, max_seconds: float | None) -> Audio:
-    channels = samples.shape[1] if samples.ndim == 2 else 1
-    _check_duration(len(samples) / sampling_rate, max_seconds)
-    mono = samples.mean(axis=1) if samples.ndim == 2 else samples
-    if not np.isfinite(mono).all():
-        bad = int((~np.isfinite(mono)).sum())
+class _Output:
+    """A growing 16 kHz float32 buffer: preallocated from the expected duration, grown if a header
+    understated it, trimmed once at the end (copied only if the estimate was far off)."""
+
+    def __init__(self, expected_seconds: float | None):
+        capacity = math.ceil((expected_seconds or 0.0) * TARGET_SAMPLING_RATE) + TARGET_SAMPLING_RATE
+        self.buffer = np.empty(capacity, dtype=np.float32)
+        self.size = 0
+
+    def append(self, piece: np.ndarray) -> None:
+        end = self.size + len(piece)
+        if end > len(self.buffer):
+            grown = np.empty(max(end, len(self.buffer) * 3 // 2), dtype=np.float32)
+            grown[: self.size] = self.buffer[: self.size]
+            self.buffer = grown
+        self.buffer[self.size : end] = piece
+        self.size = end
+
+    def finish(self) -> np.ndarray:
+        if len(self.buffer) - self.size > TARGET_SAMPLING_RATE * 60:
+            return self.buffer[: self.size].copy()
+        return self.buffer[: self.size]
+
+
+def _check_sampling_rate(rate: int) -> None:
+    if not MIN_SAMPLING_RATE <= rate <= MAX_SAMPLING_RATE:
+        raise AudioDecodeError(f"the audio's sample rate {rate} Hz is out of range ({MIN_SAMPLING_RATE}–{MAX_SAMPLING_RATE} Hz)")
+
+
+def _check_finite(samples: np.ndarray) -> None:
+    if not np.isfinite(samples).all():
+        bad = int((~np.isfinite(samples)).sum())
         raise AudioDecodeError(f"the audio contains {bad} NaN or infinite sample(s); refusing to transcribe corrupt audio")
-    if sampling_rate != TARGET_SAMPLING_RATE and len(mono):
-        mono = soxr.resample(mono, sampling_rate, TARGET_SAMPLING_RATE, quality="HQ")
-    return Audio(np.ascontiguousarray(mono, dtype=np.float32), sampling_rate, channels)
 
 
 def _check_duration(seconds: float, max_seconds: float | None) -> None:

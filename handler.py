@@ -10,20 +10,48 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from asr import Request, build_transcriber
-from audio import load_audio
+from audio import TARGET_SAMPLING_RATE, Audio, load_audio
 from config import InferenceConfig, ModelSettings, Timestamps
 from diarization_utils import Diarizer, merge_speakers
 from errors import AudioDecodeError, ModelNotConfigured
-from schemas import Chunk, TranscriptionResponse
+from schemas import Chunk, Transcript, TranscriptionResponse
+from speech_diarization import diarize_speech
+from vad import SpeechRegion, detect_speech
+
+# Audio at least this long is checked for speech before any model runs (the VAD costs well under 1%
+# of ASR's time): a file with no speech at all is answered without decoding or diarizing it.
+SPEECH_CHECK_MIN_S = 30.0
+# Longer audio is transcribed in sections cut in pauses, one after another: the ASR backend's own
+# copies (VAD padding, speech chunks, features) then scale with a section, not with the file.
+SECTION_S = 1200.0
 
 logger = logging.getLogger(__name__)
+
+OnSegments = Callable[[list[Chunk]], None]
+
+
+@dataclass
+class _Prepared:
+    """A request whose audio is decoded and whose diarization (if any) runs, waiting for ASR."""
+
+    index: int
+    audio: Audio
+    config: InferenceConfig
+    diarize: bool
+    turns_future: Future | None
+    timings: dict[str, float]
+    regions: list[SpeechRegion] | None
+    on_segments: OnSegments | None = None
+    cancelled: threading.Event | None = None
+    transcript: Transcript | Exception | None = field(default=None)
 
 
 class EndpointHandler:
@@ -43,20 +71,20 @@ class EndpointHandler:
         inputs, config = parse_request(data)
         return self.transcribe(inputs, config).model_dump(mode="json")
 
-    def transcribe(self, inputs: Any, config: InferenceConfig, *, on_segments: Callable[[list[Chunk]], None] | None = None, cancelled: threading.Event | None = None) -> TranscriptionResponse:
+    def transcribe(self, inputs: Any, config: InferenceConfig, *, on_segments: OnSegments | None = None, cancelled: threading.Event | None = None) -> TranscriptionResponse:
         """One request; ``on_segments`` and ``cancelled`` as in ``asr.Request`` (streaming, client gone)."""
         result = self.transcribe_batch([(inputs, config, on_segments, cancelled)])[0]
         if isinstance(result, Exception):
             raise result
         return result
 
-    def transcribe_batch(self, requests: list[tuple[Any, InferenceConfig] | tuple[Any, InferenceConfig, Callable[[list[Chunk]], None] | None, threading.Event | None]]) -> list[TranscriptionResponse | Exception]:
+    def transcribe_batch(self, requests: list[tuple[Any, InferenceConfig] | tuple[Any, InferenceConfig, OnSegments | None, threading.Event | None]]) -> list[TranscriptionResponse | Exception]:
         """Several requests at once (the server's micro-batching): the transcriber decodes their
         audio together; each failure is returned in its request's place, the others go on. Each
         item is ``(inputs, config)`` or ``(inputs, config, on_segments, cancelled)``."""
         results: list[TranscriptionResponse | Exception | None] = [None] * len(requests)
         started = time.perf_counter()
-        prepared = []  # (index, audio, config, diarize, turns future, timings, on_segments, cancelled)
+        prepared: list[_Prepared] = []
         for index, (inputs, config, *streaming) in enumerate(requests):
             on_segments, cancelled = (list(streaming) + [None, None])[:2]
             item_started = time.perf_counter()
@@ -68,20 +96,57 @@ class EndpointHandler:
                 results[index] = error
                 continue
             timings = {"decode_audio": time.perf_counter() - item_started}
-            turns_future = self._diarization_thread.submit(self._timed, self.diarizer.diarize, audio.samples, **config.speaker_constraints) if diarize else None
-            prepared.append((index, audio, config, diarize, turns_future, timings, on_segments, cancelled))
+            regions = None
+            if diarize or audio.duration >= SPEECH_CHECK_MIN_S:
+                vad_started = time.perf_counter()
+                regions = detect_speech(audio.samples)
+                timings["vad"] = time.perf_counter() - vad_started
+            turns_future = self._diarize(audio, regions, config) if diarize else None
+            if regions == []:  # no speech: nothing to decode
+                results[index] = self._respond(audio, config, no_speech(config, diarize), turns_future, timings, started)
+                continue
+            prepared.append(_Prepared(index, audio, config, diarize, turns_future, timings, regions, on_segments, cancelled))
+        short = [item for item in prepared if item.audio.duration <= SECTION_S]
         asr_started = time.perf_counter()
-        transcripts = self.transcriber.transcribe_batch([Request(audio.samples, config, diarize, on_segments, cancelled) for _, audio, config, diarize, _, _, on_segments, cancelled in prepared]) if prepared else []
-        asr_seconds = time.perf_counter() - asr_started
-        for (index, audio, config, _, turns_future, timings, _, _), transcript in zip(prepared, transcripts):
+        transcripts = self.transcriber.transcribe_batch([Request(p.audio.samples, p.config, p.diarize, p.on_segments, p.cancelled) for p in short]) if short else []
+        for item, transcript in zip(short, transcripts):
+            item.transcript, item.timings["asr"] = transcript, time.perf_counter() - asr_started
+        for item in prepared:
+            if item.transcript is None:
+                asr_started = time.perf_counter()
+                item.transcript = self._transcribe_sections(item)
+                item.timings["asr"] = time.perf_counter() - asr_started
+        for item in prepared:
             try:
-                if isinstance(transcript, Exception):
-                    raise transcript
-                timings["asr"] = asr_seconds
-                results[index] = self._respond(audio, config, transcript, turns_future, timings, started)
+                if isinstance(item.transcript, Exception):
+                    raise item.transcript
+                results[item.index] = self._respond(item.audio, item.config, item.transcript, item.turns_future, item.timings, started)
             except Exception as error:
-                results[index] = error
+                results[item.index] = error
         return results  # type: ignore[return-value]
+
+    def _transcribe_sections(self, item: "_Prepared") -> Transcript | Exception:
+        """One long audio, section by section (views of its samples, no copies); the language
+        detected in the first section holds for the rest, as for an unsectioned file."""
+        parts: list[Transcript] = []
+        config = item.config
+        for start, end in sections(item.regions or [], item.audio.duration, SECTION_S):
+            samples = item.audio.samples[round(start * TARGET_SAMPLING_RATE) : round(end * TARGET_SAMPLING_RATE)]
+            on_segments = (lambda chunks, offset=start: item.on_segments([shift_chunk(c, offset) for c in chunks])) if item.on_segments else None
+            part = self.transcriber.transcribe_batch([Request(samples, config, item.diarize, on_segments, item.cancelled)])[0]
+            if isinstance(part, Exception):
+                return part
+            if part.language and config.language is None:
+                config = config.model_copy(update={"language": part.language})
+            parts.append(shift(part, start))
+        return join_transcripts(parts, config)
+
+    def _diarize(self, audio: Audio, regions: list[SpeechRegion] | None, config: InferenceConfig) -> Future:
+        if not regions:
+            done: Future = Future()
+            done.set_result(([], 0.0))
+            return done
+        return self._diarization_thread.submit(self._timed, diarize_speech, self.diarizer, audio.samples, regions, **config.speaker_constraints)
 
     def _respond(self, audio, config: InferenceConfig, transcript, turns_future, timings: dict[str, float], started: float) -> TranscriptionResponse:
         speakers, chunks, words, warnings = [], transcript.chunks, transcript.words, []
@@ -122,6 +187,49 @@ class EndpointHandler:
     def _timed(function, *args, **kwargs):
         started = time.perf_counter()
         return function(*args, **kwargs), time.perf_counter() - started
+
+
+def sections(regions: list[SpeechRegion], duration: float, length: float) -> list[tuple[float, float]]:
+    """(start, end) spans of at most ``length`` s covering the audio, cut in the middle of a pause
+    between speech regions where there is one (else at ``length``)."""
+    spans: list[tuple[float, float]] = []
+    start = 0.0
+    while duration - start > length:
+        limit = start + length
+        # The last pause that ends before the limit: cut in its middle.
+        gaps = [(a.end + b.start) / 2 for a, b in zip(regions, regions[1:]) if start < a.end and b.start <= limit]
+        cut = max((g for g in gaps if g > start), default=limit)
+        spans.append((start, cut))
+        start = cut
+    spans.append((start, duration))
+    return spans
+
+
+def shift_chunk(chunk: Chunk, offset: float) -> Chunk:
+    return chunk.model_copy(update={"timestamp": (round(chunk.timestamp[0] + offset, 3), round(chunk.timestamp[1] + offset, 3))})
+
+
+def shift(transcript: Transcript, offset: float) -> Transcript:
+    chunks = [shift_chunk(c, offset) for c in transcript.chunks]
+    words = [w.model_copy(update={"start": round(w.start + offset, 3), "end": round(w.end + offset, 3)}) for w in transcript.words] if transcript.words is not None else None
+    return transcript.model_copy(update={"chunks": chunks, "words": words})
+
+
+def join_transcripts(parts: list[Transcript], config: InferenceConfig) -> Transcript:
+    spoken = [p for p in parts if p.strategy != "silence"] or parts
+    words = None if all(p.words is None for p in parts) else [w for p in parts for w in p.words or []]
+    return Transcript(
+        text=" ".join(p.text for p in parts if p.text),
+        chunks=[c for p in parts for c in p.chunks],
+        words=words,
+        language=config.language or spoken[0].language,
+        strategy=spoken[0].strategy,
+    )
+
+
+def no_speech(config: InferenceConfig, diarize: bool) -> Transcript:
+    words = [] if diarize or config.timestamps is Timestamps.word else None
+    return Transcript(text="", chunks=[], words=words, language=config.language, strategy="no-speech")
 
 
 def unmet_speaker_constraints(config: InferenceConfig, found: int) -> list[str]:

@@ -66,6 +66,16 @@ def handler(base_settings):
     return EndpointHandler(str(REPO_DIR), settings=base_settings)
 
 
+@pytest.fixture(scope="session")
+def diarizing_handler():
+    """One real handler (Whisper base + the offline diarization pipeline) for the session."""
+    from config import ModelSettings
+    from handler import EndpointHandler
+
+    settings = ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), diarization_model=str(DIARIZATION_MODEL), assistant_model=None, hf_token=None)
+    return EndpointHandler(str(REPO_DIR), settings=settings)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

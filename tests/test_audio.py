@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from audio import TARGET_SAMPLING_RATE, load_audio
+from audio import TARGET_SAMPLING_RATE, load_audio, probe_duration
 from errors import AudioDecodeError, AudioTooLong
 from conftest import DATA_DIR
 
@@ -113,6 +113,7 @@ def test_zero_length_audio_decodes_to_no_samples():
         (b"this is plain text, not audio" * 10, "could not decode"),
         (base64.b64encode(b"\x00\x01garbage" * 100).decode(), "could not decode"),
         ("https://example.com/a.wav", "does not fetch"),
+        ("/tmp/clip.wav", "looks like a file path"),
         (12345, "must be base64 audio"),
         ({"samples": [0.0]}, "'array'"),
         ([[[0.0]]], "1-D"),
@@ -143,3 +144,73 @@ def test_duration_limit(speech):
         load_audio(wav, max_seconds=5)
     with pytest.raises(AudioTooLong):
         load_audio(encode_with_av(speech, TARGET_SAMPLING_RATE, "mp4", "aac"), max_seconds=5)
+
+
+@pytest.mark.parametrize("format", ["mp3", "adts"])
+def test_base64_of_headerless_mp3_and_adts_decodes(speech, format):
+    """Without an ID3 tag (libsndfile writes none) an MP3 starts with a frame sync (0xFF…), as raw
+    ADTS AAC does: their base64 starts with "/"."""
+    clip = speech[: 3 * TARGET_SAMPLING_RATE]
+    data = encode_with_soundfile(clip, TARGET_SAMPLING_RATE, "MP3", "MPEG_LAYER_III") if format == "mp3" else encode_with_av(clip, TARGET_SAMPLING_RATE, "adts", "aac")
+    encoded = base64.b64encode(data).decode()
+    assert encoded.startswith("/")
+    audio = load_audio(encoded)
+    assert abs(audio.duration - 3.0) < 0.15
+    assert 0.5 < np.std(audio.samples) / np.std(speech[: 3 * TARGET_SAMPLING_RATE]) < 2.0
+
+
+@pytest.mark.parametrize("rate", [1, 3999, 400000])
+def test_sample_rate_out_of_range_is_refused_before_decoding(rate):
+    # 28 KB declaring 1 Hz would be 14,000 s (almost 4 h) of 16 kHz audio once resampled.
+    wav = encode_with_soundfile(np.zeros(14000, dtype=np.float32), rate, "WAV", "PCM_16")
+    with pytest.raises(AudioDecodeError, match=f"sample rate {rate} Hz is out of range"):
+        probe_duration(wav)
+    with pytest.raises(AudioDecodeError, match=f"sample rate {rate} Hz is out of range"):
+        load_audio(wav)
+    with pytest.raises(AudioDecodeError, match="out of range"):
+        load_audio({"array": [0.0] * 100, "sampling_rate": rate})
+
+
+@pytest.mark.parametrize("container,codec", [("wav", "pcm_s16le"), ("flac", "flac"), ("mp3", "mp3"), ("mp4", "aac"), ("ogg", "libopus")])
+def test_probe_duration_reads_the_header(speech, container, codec):
+    data = encode_with_av(speech, TARGET_SAMPLING_RATE, container, codec)
+    assert abs(probe_duration(data) - load_audio(data).duration) < 0.1
+    assert abs(probe_duration(base64.b64encode(data).decode()) - len(speech) / TARGET_SAMPLING_RATE) < 0.1
+
+
+def test_duration_limit_counts_decoded_audio_when_the_header_says_nothing(speech):
+    adts = encode_with_av(speech, TARGET_SAMPLING_RATE, "adts", "aac")  # raw ADTS: no duration field, FFmpeg only estimates
+    with pytest.raises(AudioTooLong, match="limit of 5 s"):
+        load_audio(adts, max_seconds=5)
+
+
+def test_block_resampling_matches_one_shot_resampling(data_dir):
+    import soxr
+
+    path = data_dir / "asr_short" / "jfk" / "jfk_openai.flac"  # 44.1 kHz stereo
+    samples, rate = soundfile.read(path, dtype="float32")
+    expected = soxr.resample(samples.mean(axis=1), rate, TARGET_SAMPLING_RATE, quality="HQ")
+    audio = load_audio(path.read_bytes())
+    assert len(audio.samples) == len(expected)
+    assert np.abs(audio.samples - expected).max() < 1e-4
+
+
+def test_long_file_decodes_into_one_16khz_copy(speech):
+    """Two minutes of 48 kHz stereo: the decoder holds the 16 kHz output and one block, never the
+    whole file at its source rate (6x the output as float32)."""
+    import tracemalloc
+
+    import soxr
+
+    stereo48 = np.tile(soxr.resample(speech, TARGET_SAMPLING_RATE, 48000), 11)[: 120 * 48000]
+    wav = encode_with_soundfile(np.stack([stereo48, stereo48], axis=1), 48000, "WAV", "PCM_16")
+    del stereo48
+    tracemalloc.start()
+    try:
+        audio = load_audio(wav)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    output_bytes = audio.samples.nbytes
+    assert abs(audio.duration - 120) < 0.01
+    assert peak < output_bytes + 8 * 2**20, f"peak {peak / 2**20:.1f} MiB for {output_bytes / 2**20:.1f} MiB of output"
