@@ -16,11 +16,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from config import ServerSettings
+    from server.handler_host import HandlerFactory
 
-def create_app(*args: Any, **kwargs: Any) -> "FastAPI":
+
+def create_app(settings: ServerSettings | None = None, handler_factory: HandlerFactory | None = None, *, load_in_background: bool = True) -> FastAPI:
+    """See ``server.factory.create_app`` (imported here on use: ``import server`` stays cheap)."""
     from server.factory import create_app as build
 
-    return build(*args, **kwargs)
+    return build(settings, handler_factory, load_in_background=load_in_background)
 
 
 def __getattr__(name: str) -> Any:

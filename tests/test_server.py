@@ -410,12 +410,13 @@ def test_inference_failure_is_a_500_without_traceback_or_secrets(broken):
 
 
 def test_openai_sdk_streams_the_same_text_as_the_plain_request(live, openai_client):
-    flac = audio_bytes(JFK_FLAC)
-    plain = openai_client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", flac), language="en")
-    events = list(openai_client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", flac), language="en", stream=True))
+    flac = audio_bytes(CLIP)
+    plain = openai_client.audio.transcriptions.create(model="whisper-1", file=("clip.flac", flac), language="en")
+    events = list(openai_client.audio.transcriptions.create(model="whisper-1", file=("clip.flac", flac), language="en", stream=True))
     assert [e.type for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1) and events[-1].type == "transcript.text.done"
     assert "".join(e.delta for e in events[:-1]) == events[-1].text == plain.text
-    assert_transcribes(plain.text, JFK_FLAC)
+    assert events[-1].usage.to_dict() == {"type": "duration", "seconds": pytest.approx(CLIP["duration"], abs=0.01)}
+    assert_transcribes(plain.text, CLIP)
 
 
 def test_whisper_tt_request_with_stream_true_answers_ndjson(live):

@@ -16,7 +16,7 @@ from config import InferenceConfig, Task
 from errors import BadRequest, EndpointError, InvalidParameters
 from schemas import TranscriptionResponse
 from server import render
-from server.bodies import read_form, validated
+from server.bodies import parse_json, read_form, validated
 from server.dependencies import ServerState
 from server.streaming import StreamText, stream_response
 from server.transcription import transcribe
@@ -48,9 +48,7 @@ class OpenAITranscriptionForm(BaseModel):
     @field_validator("chunking_strategy", mode="before")
     @classmethod
     def _chunking_strategy(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().startswith("{"):
-            from server.bodies import parse_json  # a JSON object sent as one form field
-
+        if isinstance(value, str) and value.strip().startswith("{"):  # a JSON object sent as one form field
             value = parse_json(value, "chunking_strategy")
         if isinstance(value, dict):
             if value.get("type") != "server_vad":
