@@ -34,7 +34,7 @@ from transformers import (
 from audio import TARGET_SAMPLING_RATE
 from compat import BEAM_SEARCH_WORD_TIMESTAMPS, dtype_argument, require_supported_transformers
 from config import InferenceConfig, ModelSettings, Task, Timestamps, locate_model
-from errors import InvalidParameters, ModelLoadError, ModelNotConfigured
+from errors import InvalidParameters, ModelLoadError, ModelNotConfigured, RequestCancelled
 from schemas import Chunk, Transcript, Word
 
 logger = logging.getLogger(__name__)
@@ -424,7 +424,7 @@ class CTranslate2Transcriber:
                         results[index] = self._transcribe_batch([requests[index]])[0]
         return results  # type: ignore[return-value]
 
-    def _decode(self, requests: list[Request]) -> list[Transcript]:
+    def _decode(self, requests: list[Request]) -> list[Transcript | Exception]:
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import Segment, Word as FWWord, get_ctranslate2_storage, get_suppressed_tokens, restore_speech_timestamps
@@ -454,13 +454,27 @@ class CTranslate2Transcriber:
         segments: list[list[tuple[float, dict]]] = [[] for _ in requests]
         last_speech = [0.0 for _ in requests]
         batch_size = max(1, config.batch_size)
+        def restore(items: list[tuple[float, dict]], clips: list[dict]) -> list:
+            return list(restore_speech_timestamps(
+                (Segment(id=i, seek=s["seek"], start=s["start"], end=s["end"], text=s["text"], tokens=s["tokens"], avg_logprob=0.0, compression_ratio=0.0, no_speech_prob=0.0, temperature=config.temperature,
+                         words=[FWWord(**w) for w in s["words"]] if want_words else None) for i, (_, s) in enumerate(items)),
+                clips, TARGET_SAMPLING_RATE)) if clips else []
+
+        # Streaming: the first batch is a single window, so the first text is out after one window's
+        # decode instead of after the whole batch; the rest still decode batched.
+        first_batch = 1 if any(request.on_segments for request in requests) else batch_size
+        delivered = [0 for _ in requests]
         while rows:
+            rows = [row for row in rows if not _is_cancelled(requests[row.request])]
+            if not rows:
+                break
             # Rows decode together only in windows of the same size, so a result never depends on
             # which other requests shared the batch.
             widths = [self._window_frames(row, with_timestamps) for row in rows]
             batch, rest = [], []
             for row, row_width in zip(rows, widths):
-                (batch if row_width == widths[0] and len(batch) < batch_size else rest).append(row)
+                (batch if row_width == widths[0] and len(batch) < first_batch else rest).append(row)
+            first_batch = batch_size
             width, rows = widths[0], rest
             # A request's language is its first chunk's (rows keep each request's chunks in order).
             undecided = {row.request: i for i, row in reversed(list(enumerate(batch))) if languages[row.request] is None}
@@ -495,13 +509,25 @@ class CTranslate2Transcriber:
             for row, parts in zip(batch, chunk_segments):
                 segments[row.request] += [(row.offset, part) for part in parts if part["tokens"]]
             rows = retries + remainders + rows
-        transcripts = []
+            for r, request in enumerate(requests):
+                if request.on_segments:
+                    # Final: the segments before the earliest window of this request still to decode.
+                    frontier = min((row.offset for row in rows if row.request == r), default=float("inf"))
+                    ready = [item for item in sorted(segments[r], key=lambda item: item[0]) if item[0] < frontier]
+                    chunks = self._transcript(request, restore(ready, speech[r]), languages[r] or config.language).chunks
+                    if len(chunks) > delivered[r]:
+                        request.on_segments(chunks[delivered[r]:])
+                        delivered[r] = len(chunks)
+
+        transcripts: list[Transcript | Exception] = []
         for r, request in enumerate(requests):
-            restored = list(restore_speech_timestamps(
-                (Segment(id=i, seek=s["seek"], start=s["start"], end=s["end"], text=s["text"], tokens=s["tokens"], avg_logprob=0.0, compression_ratio=0.0, no_speech_prob=0.0, temperature=config.temperature,
-                         words=[FWWord(**w) for w in s["words"]] if want_words else None) for i, (_, s) in enumerate(sorted(segments[r], key=lambda item: item[0]))),
-                speech[r], TARGET_SAMPLING_RATE)) if speech[r] else []
-            transcripts.append(self._transcript(request, restored, languages[r] or config.language))
+            if _is_cancelled(request):
+                transcripts.append(RequestCancelled("the request was cancelled (client gone); decoding stopped"))
+                continue
+            transcript = self._transcript(request, restore(sorted(segments[r], key=lambda item: item[0]), speech[r]), languages[r] or config.language)
+            if request.on_segments and transcript.chunks[delivered[r]:]:
+                request.on_segments(transcript.chunks[delivered[r]:])
+            transcripts.append(transcript)
         return transcripts
 
     def _window_frames(self, row: "_Row", with_timestamps: bool) -> int:
@@ -569,6 +595,10 @@ N_FRAMES = 3000  # Whisper's 30 s window in log-Mel frames
 # gave WER 0.0905 (full windows 0.0874) at 1.6-1.8x the speed; 3 s margins or 15 s minimums lost
 # words on a 3 s clip.
 TRIMMED_MARGIN_FRAMES, TRIMMED_MIN_FRAMES, TRIMMED_STEP_FRAMES = 500, 1000, 500
+
+
+def _is_cancelled(request: Request) -> bool:
+    return request.cancelled is not None and request.cancelled.is_set()
 
 
 def _covers(parts: list[dict], seek: int, row: _Row, tokenizer, fps: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 
 import httpx
 import jiwer
@@ -16,7 +17,7 @@ from whisper_normalizer.english import EnglishTextNormalizer
 from audio import load_audio
 from config import InferenceConfig, ModelSettings
 from conftest import BASE_MODEL, REPO_DIR, load_manifest
-from errors import AudioDecodeError, ModelNotConfigured
+from errors import AudioDecodeError, ModelNotConfigured, RequestCancelled
 from handler import EndpointHandler
 
 normalize = EnglishTextNormalizer()
@@ -94,10 +95,29 @@ def test_micro_batch_keeps_each_failure_to_its_request(ct2_handler, audio_bytes)
 def test_long_form_ct2_stitches_the_whole_recording(ct2_handler):
     row = next(r for r in load_manifest("asr_long") if r.get("text"))
     samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples
-    response = ct2_handler.transcribe(samples, InferenceConfig(sampling_rate=16000))
+    delivered: list[list] = []
+    response = ct2_handler.transcribe(samples, InferenceConfig(sampling_rate=16000), on_segments=delivered.append)
     assert jiwer.wer(normalize(row["text"]), normalize(response.text)) <= 0.2
     starts = [c.timestamp[0] for c in response.chunks]
     assert starts == sorted(starts) and response.chunks[-1].timestamp[1] > row["duration"] - 15
+    # Streamed as windows finish (the first after one window), in order, adding up to the response.
+    assert len(delivered) >= 2 and delivered[0][-1].timestamp[1] <= 31
+    assert [c for run in delivered for c in run] == response.chunks
+
+
+def test_cancelling_stops_decoding_at_the_next_window(ct2_handler):
+    row = next(r for r in load_manifest("asr_long") if r.get("text"))
+    samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples[: 75 * 16000]
+    cancelled = threading.Event()
+    delivered: list[list] = []
+
+    def client_leaves(chunks: list) -> None:
+        delivered.append(chunks)
+        cancelled.set()
+
+    with pytest.raises(RequestCancelled):
+        ct2_handler.transcribe(samples, InferenceConfig(sampling_rate=16000), on_segments=client_leaves, cancelled=cancelled)
+    assert len(delivered) == 1  # the first window's text, then nothing more was decoded
 
 
 def wav(samples: np.ndarray) -> bytes:
