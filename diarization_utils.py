@@ -65,15 +65,28 @@ class Diarizer:
         """Speaker turns (overlapping speech gives overlapping turns), sorted by start time.
 
         Speakers are named SPEAKER_00, SPEAKER_01… in order of first speech."""
+        return self.diarize_with_embeddings(samples, num_speakers, min_speakers, max_speakers)[0]
+
+    def diarize_with_embeddings(self, samples: np.ndarray, num_speakers: int | None = None, min_speakers: int | None = None, max_speakers: int | None = None) -> tuple[list[SpeakerSegment], dict[str, np.ndarray]]:
+        """``diarize``, plus each speaker's centroid embedding (the clustering's, by speaker name) for
+        speaker identification; a speaker the clustering gave no centroid is left out."""
         _check_constraints(num_speakers, min_speakers, max_speakers)
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         # Shorter than one segmentation frame: nothing to diarize (and pyannote would fail on it).
         if samples.size < SAMPLE_RATE // 10:
-            return []
+            return [], {}
         audio = {"waveform": torch.from_numpy(samples).unsqueeze(0), "sample_rate": SAMPLE_RATE}
         with torch.inference_mode():
             output = self.pipeline(audio, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
-        return annotation_to_segments(as_annotation(output))
+        annotation = as_annotation(output)
+        names = speaker_names(annotation)
+        centroids = getattr(output, "speaker_embeddings", None)  # rows in annotation.labels() order
+        embeddings = {}
+        if centroids is not None:
+            # pyannote pads speakers the clustering made no centroid for with zero rows (and a centroid of
+            # no embeddings is NaN): such speakers cannot be identified.
+            embeddings = {names[label]: row for label, row in zip(annotation.labels(), centroids) if np.all(np.isfinite(row)) and np.any(row)}
+        return annotation_to_segments(annotation), embeddings
 
 
 def as_annotation(output: object) -> Annotation:
@@ -84,10 +97,15 @@ def as_annotation(output: object) -> Annotation:
     return annotation
 
 
-def annotation_to_segments(annotation: Annotation) -> list[SpeakerSegment]:
-    annotation = annotation.support()  # merge contiguous turns of one speaker
+def speaker_names(annotation: Annotation) -> dict[str, str]:
+    """pyannote label -> SPEAKER_00, SPEAKER_01… in order of first speech."""
     first_seen = {label: annotation.label_timeline(label)[0].start for label in annotation.labels()}
-    names = {label: f"SPEAKER_{i:02d}" for i, label in enumerate(sorted(first_seen, key=first_seen.get))}
+    return {label: f"SPEAKER_{i:02d}" for i, label in enumerate(sorted(first_seen, key=first_seen.get))}
+
+
+def annotation_to_segments(annotation: Annotation) -> list[SpeakerSegment]:
+    names = speaker_names(annotation)
+    annotation = annotation.support()  # merge contiguous turns of one speaker
     segments = [SpeakerSegment(speaker=names[label], start=round(turn.start, 3), end=round(turn.end, 3)) for turn, _, label in annotation.itertracks(yield_label=True)]
     return sorted(segments, key=lambda s: (s.start, s.end, s.speaker))
 
@@ -185,3 +203,24 @@ def _group_chunks(chunks: list[Chunk]) -> list[SpeakerTurn]:
         else:
             turns.append(SpeakerTurn(speaker=chunk.speaker, text=chunk.text, timestamp=chunk.timestamp))
     return turns
+
+
+def overlapped_regions(segments: list[SpeakerSegment]) -> list[tuple[float, float]]:
+    """Where diarization hears two or more speakers at once (intersections of different speakers' turns)."""
+    regions = []
+    for i, a in enumerate(segments):
+        for b in segments[i + 1 :]:
+            if b.start >= a.end:  # sorted by start: no later turn reaches back into ``a``
+                break
+            if a.speaker != b.speaker and min(a.end, b.end) > max(a.start, b.start):
+                regions.append((max(a.start, b.start), min(a.end, b.end)))
+    return regions
+
+
+def mark_overlaps(turns: list[SpeakerTurn], segments: list[SpeakerSegment], min_seconds: float = 0.05) -> None:
+    """Flag each speaker turn that contains overlapped speech (at least ``min_seconds`` of it, so a
+    turn merely touching a hand-over is not flagged). Words keep their one best speaker either way."""
+    regions = overlapped_regions(sorted(segments, key=lambda s: (s.start, s.end)))
+    for turn in turns:
+        start, end = turn.timestamp
+        turn.overlap = sum(max(0.0, min(end, r_end) - max(start, r_start)) for r_start, r_end in regions) >= min_seconds

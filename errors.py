@@ -55,3 +55,24 @@ class RequestCancelled(EndpointError, RuntimeError):
 
     status_code = 499  # nginx's "client closed request": never sent to anyone, counted apart in metrics
     kind = "client_closed_request"
+
+
+class InvalidSpeakerReference(EndpointError, ValueError):
+    """A known speaker's reference audio cannot identify anyone: not audio, too short or long, silent."""
+
+    status_code = 422
+    kind = "invalid_speaker_reference"
+
+
+class SpeakerNotFound(EndpointError, LookupError):
+    """A request or a route named a speaker who is not enrolled."""
+
+    status_code = 404
+    kind = "speaker_not_found"
+
+
+class VoiceprintMismatch(EndpointError, ValueError):
+    """A stored voiceprint was made by another embedding model than the one loaded: not comparable."""
+
+    status_code = 409
+    kind = "voiceprint_model_mismatch"

@@ -16,10 +16,12 @@ import torch
 
 from asr import Request, build_transcriber
 from audio import load_audio
-from config import InferenceConfig, ModelSettings, Timestamps
-from diarization_utils import Diarizer, merge_speakers
-from errors import AudioDecodeError, ModelNotConfigured
+from config import InferenceConfig, ModelSettings, Timestamps, check_speaker_name
+from diarization_utils import Diarizer, mark_overlaps, merge_speakers
+from errors import AudioDecodeError, InvalidParameters, ModelNotConfigured
 from schemas import TranscriptionResponse
+from speaker_id import SpeakerEmbedder, Voiceprint, match_speakers, rename_speakers
+from voiceprints import EnrolledSpeaker, VoiceprintStore
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ class EndpointHandler:
             torch.set_num_threads(self.settings.torch_threads)
         self.transcriber = build_transcriber(self.settings, self.base_dir)
         self.diarizer = Diarizer.load(self.settings, self.base_dir) if self.settings.diarization_model else None
+        self.embedder = SpeakerEmbedder.from_pipeline(self.diarizer.pipeline) if self.diarizer else None
+        self.voiceprints = VoiceprintStore(self.base_dir / self.settings.voiceprints_db)
         # Diarization and ASR are independent until the merge: run them side by side.
         self._diarization_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarization") if self.diarizer else None
 
@@ -57,13 +61,15 @@ class EndpointHandler:
             item_started = time.perf_counter()
             try:
                 self.transcriber.check(config)
+                # References are checked before any model runs: a bad one fails the request at once.
+                known = self.known_voiceprints(config)
                 diarize = self._wants_diarization(config)
                 audio = load_audio(inputs, config.sampling_rate, self.settings.max_audio_seconds)
             except Exception as error:
                 results[index] = error
                 continue
             timings = {"decode_audio": time.perf_counter() - item_started}
-            turns_future = self._diarization_thread.submit(self._timed, self.diarizer.diarize, audio.samples, **config.speaker_constraints) if diarize else None
+            turns_future = self._diarization_thread.submit(self._timed, self._diarize, audio.samples, config, known) if diarize else None
             prepared.append((index, audio, config, diarize, turns_future, timings))
         asr_started = time.perf_counter()
         transcripts = self.transcriber.transcribe_batch([Request(audio.samples, config, diarize) for _, audio, config, diarize, _, _ in prepared]) if prepared else []
@@ -79,10 +85,11 @@ class EndpointHandler:
         return results  # type: ignore[return-value]
 
     def _respond(self, audio, config: InferenceConfig, transcript, turns_future, timings: dict[str, float], started: float) -> TranscriptionResponse:
-        speakers, chunks, words, warnings = [], transcript.chunks, transcript.words, []
+        speakers, chunks, words, warnings, matches = [], transcript.chunks, transcript.words, [], None
         if turns_future is not None:
-            turns, timings["diarization"] = turns_future.result()
+            (turns, matches), timings["diarization"] = turns_future.result()
             speakers, chunks, words = merge_speakers(transcript, turns)
+            mark_overlaps(speakers, turns)
             warnings += unmet_speaker_constraints(config, len({t.speaker for t in turns}))
         if config.timestamps is not Timestamps.word:
             # Words were decoded for the speaker merge only: show them where they were asked for.
@@ -101,12 +108,51 @@ class EndpointHandler:
             num_speakers=len({s.speaker for s in speakers}),
             timings={k: round(v, 3) for k, v in timings.items()},
             warnings=warnings,
+            speaker_matches=matches,
         )
+
+    def known_voiceprints(self, config: InferenceConfig) -> list[Voiceprint]:
+        """The request's known speakers as voiceprints: references embedded now, or enrolled ones
+        read from the store (refused if another embedding model made them)."""
+        if not config.known_speakers:
+            return []
+        if self.embedder is None:
+            raise ModelNotConfigured("known_speakers need a diarization model, and this endpoint has none (set DIARIZATION_MODEL)")
+        if isinstance(config.known_speakers, dict):
+            return [self.embedder.reference(name, audio) for name, audio in config.known_speakers.items()]
+        return self.voiceprints.get(config.known_speakers, self.embedder.model_id)
+
+    # --- enrolled speakers (the server's /v1/speakers routes call these) ---
+
+    def enroll_speaker(self, name: str, audio: Any) -> EnrolledSpeaker:
+        """Embed ``audio`` (2-10 s of ``name`` speaking) and store it under ``name``, replacing any
+        earlier voiceprint of that name."""
+        if self.embedder is None:
+            raise ModelNotConfigured("enrolling speakers needs a diarization model, and this endpoint has none (set DIARIZATION_MODEL)")
+        try:
+            check_speaker_name(name)
+        except ValueError as error:
+            raise InvalidParameters(str(error)) from None
+        return self.voiceprints.enroll(self.embedder.reference(name, audio))
+
+    def list_speakers(self) -> list[EnrolledSpeaker]:
+        return self.voiceprints.list()
+
+    def delete_speaker(self, name: str) -> None:
+        self.voiceprints.delete(name)
+
+    def _diarize(self, samples, config: InferenceConfig, known: list[Voiceprint]):
+        """Speaker turns, named after the known speakers the clusters match (with the matches)."""
+        if not known:
+            return self.diarizer.diarize(samples, **config.speaker_constraints), None
+        turns, centroids = self.diarizer.diarize_with_embeddings(samples, **config.speaker_constraints)
+        matches = match_speakers(centroids, known, self.settings.speaker_match_threshold)
+        return rename_speakers(turns, matches), matches
 
     def _wants_diarization(self, config: InferenceConfig) -> bool:
         if config.diarize is None:
-            # Speaker counts imply diarization; otherwise diarize whenever a pipeline is loaded (as the blog's handler).
-            wanted = self.diarizer is not None or bool(config.speaker_constraints)
+            # Speaker counts and names imply diarization; otherwise diarize whenever a pipeline is loaded (as the blog's handler).
+            wanted = self.diarizer is not None or bool(config.speaker_constraints) or bool(config.known_speakers)
         else:
             wanted = config.diarize
         if wanted and self.diarizer is None:

@@ -66,6 +66,23 @@ def handler(base_settings):
     return EndpointHandler(str(REPO_DIR), settings=base_settings)
 
 
+@pytest.fixture(scope="session")
+def diarizing_handler(tmp_path_factory):
+    """One real handler (Whisper base + the offline diarization pipeline) for the session; its
+    voiceprint store lives in a temporary directory, never in the repository."""
+    from config import ModelSettings
+    from handler import EndpointHandler
+
+    voiceprints = tmp_path_factory.mktemp("voiceprints") / "voiceprints.sqlite3"
+    settings = ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), diarization_model=str(DIARIZATION_MODEL), assistant_model=None, hf_token=None, voiceprints_db=str(voiceprints))
+    return EndpointHandler(str(REPO_DIR), settings=settings)
+
+
+@pytest.fixture(scope="session")
+def diarizer(diarizing_handler):
+    return diarizing_handler.diarizer
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

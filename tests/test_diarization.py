@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import BASE_MODEL, DATA_DIR, DIARIZATION_MODEL, REPO_DIR, load_manifest
+from conftest import DATA_DIR, DIARIZATION_MODEL, REPO_DIR, load_manifest
 
 from audio import load_audio
 from config import InferenceConfig, ModelSettings
@@ -38,20 +38,6 @@ AMI_AGGREGATE_BOUND = 0.42
 
 def samples(item_id: str) -> np.ndarray:
     return load_audio(open(DIARIZATION_ITEMS[item_id]["audio"], "rb").read()).samples
-
-
-@pytest.fixture(scope="session")
-def diarizing_handler():
-    """One real handler (Whisper base + the offline diarization pipeline) for the session."""
-    from handler import EndpointHandler
-
-    settings = ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), diarization_model=str(DIARIZATION_MODEL), assistant_model=None, hf_token=None)
-    return EndpointHandler(str(REPO_DIR), settings=settings)
-
-
-@pytest.fixture(scope="session")
-def diarizer(diarizing_handler):
-    return diarizing_handler.diarizer
 
 
 # --- the offline pipeline -------------------------------------------------------------------------
