@@ -125,6 +125,10 @@ async def test_openai_references_as_data_urls_name_both_and_leave_an_absent_voic
     assert result.speakers == ["Diane", "Sheila"] and {w.speaker for w in result.words} == {"Diane", "Sheila"}
     diane = " ".join(w.word for w in result.words if w.speaker == "Diane").lower()
     assert "new jersey now" in diane, diane
+    # The similarity per name comes back as an extra field the SDK keeps; the absent voice names nobody.
+    matches = {m["name"]: m for m in result.speaker_matches}
+    assert matches["Absent"]["cluster"] is None and matches["Diane"]["cluster"] != matches["Sheila"]["cluster"]
+    assert min(matches["Diane"]["similarity"], matches["Sheila"]["similarity"]) > matches["Absent"]["similarity"]
 
 
 def mismatched_store(path: Path) -> None:
