@@ -12,7 +12,7 @@ without overlap (2-10 s) and embedded as the handler embeds them. Pairs:
   (`asr_short`: LibriSpeech, FLEURS, CMU ARCTIC…) vs every cluster.
 
 Prints both distributions and the threshold that maximises balanced accuracy (the midpoint of the
-best interval), to put in ``config.DEFAULT_SPEAKER_MATCH_THRESHOLD``.
+widest such gap between observed similarities), to put in ``config.DEFAULT_SPEAKER_MATCH_THRESHOLD``.
 
     python scripts/calibrate_speaker_id.py [--json out.json]
 """
@@ -107,12 +107,17 @@ def main() -> None:
             else:
                 same_cross.append(similarity)
     same = same_cross + same_within
-    candidates = np.unique(np.round(same + different, 4))
-    best = max(candidates, key=lambda t: (np.mean(np.array(same) >= t) + np.mean(np.array(different) < t)) / 2)
-    accuracy = (np.mean(np.array(same) >= best) + np.mean(np.array(different) < best)) / 2
-    # The midpoint between the chosen similarity and the next one below it: a margin on both sides.
-    below = [c for c in candidates if c < best]
-    threshold = round(float((best + max(below)) / 2) if below else float(best), 3)
+    # Candidate thresholds: midpoints between consecutive observed similarities, so the chosen one
+    # keeps a margin on both sides; among equally accurate ones, the widest gap wins.
+    values = np.unique(same + different)
+    gaps = list(zip(values[:-1], values[1:]))
+
+    def balanced_accuracy(t: float) -> float:
+        return float((np.mean(np.array(same) >= t) + np.mean(np.array(different) < t)) / 2)
+
+    low, high = max(gaps, key=lambda gap: (round(balanced_accuracy((gap[0] + gap[1]) / 2), 6), gap[1] - gap[0]))
+    threshold = round(float((low + high) / 2), 3)
+    accuracy = balanced_accuracy(threshold)
 
     def describe(name: str, values: list[float]) -> str:
         v = np.array(values)
