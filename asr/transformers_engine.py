@@ -24,6 +24,7 @@ from transformers import (
     AutoConfig,
     AutoModelForSpeechSeq2Seq,
     GenerationMixin,
+    LogitsProcessor,
     LogitsProcessorList,
     WhisperForCausalLM,
     WhisperForConditionalGeneration,
@@ -88,6 +89,17 @@ class SpeculationPolicy:
             self.trials[assisted] += 1
             previous = self.cost.get(assisted)
             self.cost[assisted] = seconds_per_audio_second if previous is None else previous + self.smoothing * (seconds_per_audio_second - previous)
+
+
+class SuppressTokens(LogitsProcessor):
+    """Never emit these tokens (Whisper's non-speech symbols and special tokens)."""
+
+    def __init__(self, tokens: tuple[int, ...], device: str):
+        self.tokens = torch.tensor(sorted(set(tokens)), dtype=torch.long, device=device)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, self.tokens] = -float("inf")
+        return scores
 
 
 class Alignment(NamedTuple):
@@ -227,15 +239,16 @@ class WhisperTranscriber(DecodingPipeline):
     def generate(self, encoded: Encoded, prompts: list[list[int]], options: GenerateOptions, sot_index: int) -> list[Hypothesis]:
         prompt = torch.tensor(prompts, device=self.device)
         eot = self.generation_config.eos_token_id
-        # openai-whisper reads the no-speech probability at the start-of-transcript token.
-        probabilities = self._logits(encoded, prompt[:, : sot_index + 1])[:, -1].float().softmax(-1)
-        no_speech = probabilities[:, self._no_speech_id()].tolist()
         config = copy.deepcopy(self.generation_config)
-        config.suppress_tokens = list(options.suppress_tokens)
+        # Suppression by a precomputed index: transformers' SuppressTokensLogitsProcessor rebuilds a
+        # vocabulary-wide mask at every step, a third of greedy decoding's time on CPU.
+        config.suppress_tokens = None
         config.begin_suppress_tokens = [self.tokenizer.convert_tokens_to_ids("Ġ"), eot]
         config.max_initial_timestamp_index = MAX_INITIAL_TIMESTAMP_INDEX
         config.forced_decoder_ids = None
-        processors = LogitsProcessorList([WhisperTimeStampLogitsProcessor(config, begin_index=prompt.shape[1])] if options.with_timestamps else [])
+        processors = LogitsProcessorList([SuppressTokens(options.suppress_tokens, self.device)])
+        if options.with_timestamps:
+            processors.append(WhisperTimeStampLogitsProcessor(config, begin_index=prompt.shape[1]))
         config.num_beams = options.beam_size
         config.do_sample = options.temperature > 0
         config.temperature, config.top_k, config.top_p = (options.temperature, 0, 1.0) if options.temperature > 0 else (1.0, None, None)
@@ -248,11 +261,22 @@ class WhisperTranscriber(DecodingPipeline):
             torch.manual_seed(SAMPLING_SEED)
         if options.assisted:
             kwargs["assistant_model"] = self.assistant
+        else:  # with pad == eos, generate cannot infer the mask; transformers 4.51 refuses it with a decoder-only draft
+            kwargs["decoder_attention_mask"] = torch.ones_like(prompt)
         with torch.inference_mode():
             if options.assisted and self.assistant.config.is_encoder_decoder:
                 # A seq2seq draft encodes the audio itself: it gets the features the main encoder had.
                 kwargs["input_features"] = encoded.features
-            output = GenerationMixin.generate(self.model, **kwargs)
+            # openai-whisper reads the no-speech probability at the start-of-transcript token, from
+            # the first forward pass over the whole prompt: taken from it as it goes by.
+            first_pass: list[torch.Tensor] = []
+            hook = self.model.proj_out.register_forward_hook(lambda module, args, logits: first_pass.append(logits) if not first_pass else None)
+            try:
+                output = GenerationMixin.generate(self.model, **kwargs)
+            finally:
+                hook.remove()
+            logits = first_pass[0] if first_pass and first_pass[0].shape[1] > sot_index else self._logits(encoded, prompt[:, : sot_index + 1])
+            no_speech = logits[:: max(1, logits.shape[0] // len(prompts)), sot_index if logits.shape[1] > sot_index else -1].float().softmax(-1)[:, self._no_speech_id()].tolist()
             # Per-token log-probabilities under the logits the tokens were chosen from (after
             # suppression and the timestamp rules), as openai-whisper sums them.
             scores = self.model.compute_transition_scores(output.sequences, output.scores, getattr(output, "beam_indices", None), normalize_logits=options.beam_size == 1)
