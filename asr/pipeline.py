@@ -42,9 +42,8 @@ NO_SPEECH_THRESHOLD = 0.6  # with a doubtful log-probability, a window this like
 # (plus a floor for short windows) before it counts as looping.
 TOKENS_PER_SECOND_BUDGET = 14
 MIN_TOKEN_BUDGET = 24
-# Trimmed windows, measured on the dev short set (25 clips): margin ≥ 5 s, minimum 10 s, 5 s steps
-# gave WER 0.0905 (full windows 0.0874) at 1.6-1.8x the speed; 3 s margins or 15 s minimums lost
-# words on a 3 s clip.
+# Trimmed windows (TRIM_ENCODER_WINDOW): ≥ 5 s of margin, ≥ 10 s, 5 s steps; smaller margins lost
+# words on short clips (README: TRIM_ENCODER_WINDOW).
 TRIMMED_MARGIN_FRAMES, TRIMMED_MIN_FRAMES, TRIMMED_STEP_FRAMES = 500, 1000, 500
 
 
