@@ -66,7 +66,10 @@ class SpeculationPolicy:
     slower (2x slower here with an untrained two-layer draft of Whisper base). Greedy speculative
     decoding gives the same text as plain greedy decoding, so 'auto' can time both on live requests
     and keep the faster: each is tried ``warmup`` times, then the slower one every ``recheck``-th
-    request, in case the load changes. Cost per request: decoding seconds per audio second (EWMA)."""
+    request, in case the load changes. Cost: seconds of ``generate`` per decoded token (EWMA). Both
+    choices decode the same tokens after the same encoder pass, so this compares like with like
+    whatever the clip (per audio second, a 3 s clip costs as much as a 30 s one and the trials'
+    clips would decide)."""
 
     def __init__(self, warmup: int = 2, recheck: int = 20, smoothing: float = 0.3):
         self.warmup, self.recheck, self.smoothing = warmup, recheck, smoothing
@@ -143,6 +146,7 @@ class WhisperTranscriber(DecodingPipeline):
         self._own_decoder_attention()
         self.assistant = self._load_assistant(settings, base_dir, token) if settings.assistant_model else None
         self.speculation = SpeculationPolicy()
+        self._generate_clock = threading.local()  # per decoding thread: [seconds, tokens] while an 'auto' request is timed
         super().__init__()
 
     def _own_decoder_attention(self) -> None:
@@ -166,6 +170,9 @@ class WhisperTranscriber(DecodingPipeline):
             raise ModelLoadError(f"could not load assistant model {settings.assistant_model!r}: {error}") from None
         if assistant.config.vocab_size != self.model.config.vocab_size:
             raise ModelLoadError(f"assistant model {settings.assistant_model!r} has a vocabulary of {assistant.config.vocab_size} tokens, the ASR model {self.model.config.vocab_size}: speculative decoding needs the same tokenizer")
+        # The candidate generator sets max_new_tokens per draft round; a checkpoint's max_length
+        # beside it makes transformers log a warning at every round.
+        assistant.generation_config.max_length = None
         return assistant.to(self.device).eval()
 
     # --- requests -------------------------------------------------------------------------------
@@ -190,9 +197,13 @@ class WhisperTranscriber(DecodingPipeline):
             duration = max(len(request.samples) / TARGET_SAMPLING_RATE, 1e-3)
             if self.auto_eligible(request.config, duration):
                 assisted = self.speculation.choose()
-                started = time.perf_counter()
-                results[index] = self._decode_alone(request, assisted)
-                self.speculation.record(assisted, (time.perf_counter() - started) / duration)
+                self._generate_clock.spent = clock = [0.0, 0]
+                try:
+                    results[index] = self._decode_alone(request, assisted)
+                finally:
+                    self._generate_clock.spent = None
+                if clock[1]:
+                    self.speculation.record(assisted, clock[0] / clock[1])
             elif request.config.assisted is True:
                 results[index] = self._decode_alone(request, True)
             else:
@@ -263,6 +274,7 @@ class WhisperTranscriber(DecodingPipeline):
             kwargs["assistant_model"] = self.assistant
         else:  # with pad == eos, generate cannot infer the mask; transformers 4.51 refuses it with a decoder-only draft
             kwargs["decoder_attention_mask"] = torch.ones_like(prompt)
+        started = time.perf_counter()
         with torch.inference_mode():
             if options.assisted and self.assistant.config.is_encoder_decoder:
                 # A seq2seq draft encodes the audio itself: it gets the features the main encoder had.
@@ -287,6 +299,10 @@ class WhisperTranscriber(DecodingPipeline):
             length = tokens.index(eot) if finished else len(tokens)
             total = sum(logprobs[: length + 1 if finished else length])
             hypotheses.append(Hypothesis(tokens[:length], total / (length + 1), float(no_speech[row]), finished))
+        clock = getattr(self._generate_clock, "spent", None)
+        if clock is not None:
+            clock[0] += time.perf_counter() - started
+            clock[1] += sum(len(hypothesis.tokens) + 1 for hypothesis in hypotheses)
         return hypotheses
 
     def _no_speech_id(self) -> int:
