@@ -55,7 +55,7 @@ def jfk_flac() -> bytes:
 def base_settings():
     from config import ModelSettings
 
-    return ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), assistant_model=None, diarization_model=None, hf_token=None)
+    return ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), asr_backend="transformers", assistant_model=None, diarization_model=None, hf_token=None)
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,7 @@ def diarizing_handler():
     from config import ModelSettings
     from handler import EndpointHandler
 
-    settings = ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), diarization_model=str(DIARIZATION_MODEL), assistant_model=None, hf_token=None)
+    settings = ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), asr_backend="transformers", diarization_model=str(DIARIZATION_MODEL), assistant_model=None, hf_token=None)
     return EndpointHandler(str(REPO_DIR), settings=settings)
 
 
