@@ -48,8 +48,8 @@ models: install
 # Override like `make serve ASR_MODEL=openai/whisper-large-v3 DIARIZATION_MODEL=`. The diarization
 # default is looked up when serve runs (deferred), i.e. after `models` has built the pipeline.
 ASR_MODEL ?= models/whisper-base
-# On CPU the CTranslate2 backend (same weights, int8) is 4x the transformers path: see README, Benchmarks.
-ASR_BACKEND ?= ctranslate2
+# ASR_BACKEND: auto (ModelSettings' one rule: ctranslate2 on CPU, transformers on CUDA or with an assistant).
+ASR_BACKEND ?= auto
 DIARIZATION_MODEL ?= $(shell test -d models/pyannote-diarization && echo models/pyannote-diarization)
 serve: models
 	ASR_MODEL="$(ASR_MODEL)" ASR_BACKEND="$(ASR_BACKEND)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" $(PY) -m uvicorn server:app --host $(HOST) --port $(PORT)

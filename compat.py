@@ -15,13 +15,9 @@ from packaging.version import Version
 from errors import ModelLoadError
 
 TRANSFORMERS_VERSION = Version(version("transformers"))
-# The toolkit image's pin; older releases lack what the decoding relies on (e.g. Whisper's
-# return_token_timestamps with batched long-form generation).
+# The toolkit image's pin, the oldest release the decoding is tested on.
 OLDEST_TRANSFORMERS = Version("4.51.3")
 # transformers 4.56 renamed from_pretrained's and the pipelines' `torch_dtype` to `dtype`; 5.x drops the old name.
-# Word timestamps (cross-attention DTW) under beam search fail with a shape error before 4.53
-# (transformers#36093, fixed by #38259).
-BEAM_SEARCH_WORD_TIMESTAMPS = TRANSFORMERS_VERSION >= Version("4.53")
 _DTYPE_KEYWORD = "dtype" if TRANSFORMERS_VERSION >= Version("4.56") else "torch_dtype"
 
 

@@ -45,8 +45,8 @@ class ModelSettings(BaseSettings):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longer audio is refused (413).")
     torch_threads: int | None = Field(None, ge=1, description="Intra-op CPU threads (default: torch's choice).")
-    asr_backend: Literal["transformers", "ctranslate2"] = Field(
-        "transformers", description="Execution engine: transformers (GPU, assisted decoding) or ctranslate2 (faster-whisper's engine; the fast CPU path)."
+    asr_backend: Literal["auto", "transformers", "ctranslate2"] = Field(
+        "auto", description="Execution engine: transformers (PyTorch; GPU, speculative decoding) or ctranslate2 (faster-whisper's engine, int8; the fast CPU path). auto: transformers on a GPU or with an assistant model, else ctranslate2."
     )
     ct2_model: str | None = Field(None, description="CTranslate2 directory for asr_backend=ctranslate2 (default: '<asr_model>-ct2' beside the checkpoint, else converted from it).")
     compute_type: str = Field("int8", description="CTranslate2 compute type: int8, int8_float32, float32, float16, int8_float16, default.")
@@ -60,6 +60,13 @@ class ModelSettings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         # Endpoint UIs and shells often pass an empty string for "not set".
         return None if isinstance(value, str) and not value.strip() else value
+
+    def resolved_backend(self) -> Literal["transformers", "ctranslate2"]:
+        """The one rule for the default engine: CTranslate2 is the fast CPU path (int8), transformers
+        the GPU path (fp16 + SDPA) and the only one with speculative decoding."""
+        if self.asr_backend != "auto":
+            return self.asr_backend
+        return "transformers" if self.resolved_device().startswith("cuda") or self.assistant_model else "ctranslate2"
 
     def resolved_device(self) -> str:
         import torch
@@ -120,7 +127,7 @@ class InferenceConfig(BaseModel):
     min_speakers: int | None = Field(None, ge=1, le=64)
     max_speakers: int | None = Field(None, ge=1, le=64)
     temperature: float = Field(0.0, ge=0.0, le=1.0, description="0 decodes deterministically; > 0 samples.")
-    num_beams: int | None = Field(None, ge=1, le=10, description="Beam width; default: the backend's (transformers pipeline: 5, as openai-whisper; ctranslate2: 1, greedy, as faster-whisper's batched pipeline).")
+    num_beams: int | None = Field(None, ge=1, le=10, description="Beam width; default 1: greedy with openai-whisper's temperature fallback, on both engines.")
     prompt: str | None = Field(None, max_length=2000, description="Text that conditions the decoder (style, spelling).")
     known_speakers: dict[str, str | bytes] | list[str] | None = Field(
         None,

@@ -13,11 +13,16 @@ class Word(BaseModel):
 
 
 class Chunk(BaseModel):
-    """A segment of the transcript, as the transformers pipeline and the blog handler return it."""
+    """A segment of the transcript, as the blog handler returns it, with what the decoding decided
+    it with (openai-whisper's segment statistics; None where a decoding did not compute them)."""
 
     text: str
     timestamp: tuple[float, float]
     speaker: str | None = None
+    avg_logprob: float | None = Field(None, description="Mean log-probability of the segment's tokens.")
+    compression_ratio: float | None = Field(None, description="gzip compression ratio of the window's text (> 2.4: repetitive).")
+    no_speech_prob: float | None = Field(None, description="Probability of no speech in the segment's window.")
+    temperature: float | None = Field(None, description="Temperature of the decoding that was kept (fallback raises it).")
 
 
 class SpeakerSegment(BaseModel):

@@ -130,6 +130,8 @@ SYSTEMS: dict[str, Callable[[], Callable[[np.ndarray], str]]] = {
     "ours-ct2-int8-words": lambda: ours("ctranslate2", compute_type="int8", timestamps="word"),
     "ours-ct2-int8-trimmed": lambda: ours("ctranslate2", compute_type="int8", trim_encoder_window=True),
     "ours-transformers-words": lambda: ours("transformers", timestamps="word"),
+    "ours-transformers-beam5": lambda: ours("transformers", parameters={"num_beams": 5}),
+    "ours-ct2-int8-beam5": lambda: ours("ctranslate2", compute_type="int8", parameters={"num_beams": 5}),
     "ours-transformers-greedy": lambda: speculative(False),
     "ours-transformers-assisted": lambda: speculative(True),
     "ours-transformers-auto": lambda: speculative("auto"),
@@ -177,6 +179,8 @@ def run_system(name: str, sets: dict[str, list[dict]]) -> dict:
                 "wer": wer(rows, texts),
                 "p50_s": round(statistics.median(latencies), 3),
                 "p95_s": round(float(np.percentile(latencies, 95)), 3),
+                # Per item: a corpus figure can hide one clip gone wrong (a misdetected language, a loop).
+                "item_wer": {r["id"]: wer([r], [t]) for r, t in zip(rows, texts) if r.get("text")},
             }
     result["peak_rss_mib"] = round(rss.peak / 2**20)
     del transcribe

@@ -156,7 +156,7 @@ def main() -> None:
 
     if args.skip_asr:
         return
-    from asr import WhisperTranscriber
+    from asr.transformers_engine import WhisperTranscriber
 
     transcriber = WhisperTranscriber(settings, REPO_DIR)
     for item_id, reference in speaker_references(args.data_dir).items():

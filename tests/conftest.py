@@ -55,7 +55,7 @@ def jfk_flac() -> bytes:
 def base_settings():
     from config import ModelSettings
 
-    return ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), assistant_model=None, diarization_model=None, hf_token=None)
+    return ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), asr_backend="transformers", assistant_model=None, diarization_model=None, hf_token=None)
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +74,7 @@ def diarizing_handler(tmp_path_factory):
     from handler import EndpointHandler
 
     voiceprints = tmp_path_factory.mktemp("voiceprints") / "voiceprints.sqlite3"
-    settings = ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), diarization_model=str(DIARIZATION_MODEL), assistant_model=None, hf_token=None, voiceprints_db=str(voiceprints))
+    settings = ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), asr_backend="transformers", diarization_model=str(DIARIZATION_MODEL), assistant_model=None, hf_token=None, voiceprints_db=str(voiceprints))
     return EndpointHandler(str(REPO_DIR), settings=settings)
 
 

@@ -21,6 +21,7 @@ from errors import AudioDecodeError, ModelNotConfigured, RequestCancelled
 from handler import EndpointHandler
 
 normalize = EnglishTextNormalizer()
+JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 # Three short dev items (LibriSpeech, 5-30 s): enough to catch a broken decode, stitch or token
 # prompt (those cost far more than 0.1), few enough for 2 CPU cores.
 ITEMS = [row for row in load_manifest("asr_short") if row.get("text") and row["duration"] <= 30][:3]
@@ -184,22 +185,17 @@ def test_trimmed_windows_leave_long_audio_and_untimed_requests_alone(trimmed_han
 
 @pytest.mark.parametrize("timestamps", ["segment", "word"])
 def test_a_failed_trimmed_window_is_decoded_again_in_full(trimmed_handler, ct2_handler, audio_bytes, monkeypatch, timestamps):
-    import asr
+    from asr import pipeline
 
     checked = []
     first_fails = lambda *args, **kwargs: bool(checked.append(args)) or len(checked) > 1  # noqa: E731
-    monkeypatch.setattr(asr, "_covers", first_fails)
+    monkeypatch.setattr(pipeline, "_covers", first_fails)
     configs = [InferenceConfig(timestamps=timestamps)] * 3
     # In one batch: the first clip's window fails and is redone alone; the others are unaffected.
     together = trimmed_handler.transcribe_batch(list(zip(audio_bytes, configs)))
     assert together[0].model_dump(exclude={"timings"}) == ct2_handler.transcribe(audio_bytes[0], configs[0]).model_dump(exclude={"timings"})
     monkeypatch.undo()
     assert [t.model_dump(exclude={"timings"}) for t in together[1:]] == [trimmed_handler.transcribe(a, c).model_dump(exclude={"timings"}) for a, c in zip(audio_bytes[1:], configs[1:])]
-
-
-class _Tokenizer:
-    def decode(self, tokens: list[str]) -> str:
-        return "".join(tokens)
 
 
 @pytest.mark.parametrize(("parts", "seek", "expected"), [
@@ -210,7 +206,59 @@ class _Tokenizer:
     ([{"tokens": [" She had"], "start": 0.0, "end": 0.8}], 80, True),  # stopped to go on in a next window
 ])
 def test_coverage_check_of_a_trimmed_window(parts, seek, expected):
-    from asr import _covers, _Row
+    from asr.pipeline import _covers, _Row, compression_ratio
 
     row = _Row(request=0, offset=0.0, duration=3.0, features=np.zeros((80, 300), dtype=np.float32))
-    assert _covers(parts, seek, row, _Tokenizer(), fps=100) is expected
+    text = "".join(token for part in parts for token in part["tokens"])
+    assert _covers(parts, seek, row, compression_ratio(text)) is expected
+
+
+# --- one decoding pipeline, two engines ----------------------------------------------------------
+
+
+def test_both_engines_make_the_same_decisions(handler, ct2_handler, jfk_flac):
+    """The same pipeline over both engines' primitives: the same text over the same span (the int8
+    CTranslate2 weights may choose other timestamp tokens, so segments may split elsewhere), and
+    every segment says what it was decided with; the OpenAI verbose_json shows it."""
+    from server.render import verbose_json
+
+    config = InferenceConfig(language="en")
+    ours, theirs = handler.transcribe(jfk_flac, config), ct2_handler.transcribe(jfk_flac, config)
+    assert normalize(" ".join(c.text for c in ours.chunks)) == normalize(" ".join(c.text for c in theirs.chunks)) == normalize(JFK_TEXT)
+    assert abs(ours.chunks[0].timestamp[0] - theirs.chunks[0].timestamp[0]) <= 0.3
+    assert abs(ours.chunks[-1].timestamp[1] - theirs.chunks[-1].timestamp[1]) <= 0.5
+    for response in (ours, theirs):
+        for chunk in response.chunks:
+            assert chunk.temperature == 0.0 and -1.0 <= chunk.avg_logprob <= 0.0, chunk
+            assert 0.0 <= chunk.no_speech_prob < 0.5 and 0.5 < chunk.compression_ratio < 2.4, chunk
+        segments = verbose_json(response, config, ["segment"])["segments"]
+        assert all(s["avg_logprob"] == c.avg_logprob and s["no_speech_prob"] == c.no_speech_prob for s, c in zip(segments, response.chunks))
+
+
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+def test_forced_wrong_language_gives_bounded_output(request, engine, jfk_flac):
+    """English speech forced to decode as Arabic: Whisper translates, transliterates or loops; the
+    temperature fallback and the per-window token budget keep the output bounded and timed within
+    the audio."""
+    from asr.pipeline import MIN_TOKEN_BUDGET, TOKENS_PER_SECOND_BUDGET
+
+    backend = request.getfixturevalue("handler" if engine == "transformers" else "ct2_handler")
+    response = backend.transcribe(jfk_flac, InferenceConfig(language="ar", num_beams=1))
+    assert response.language == "ar" and response.duration > 10
+    tokens = len(backend.transcriber.hf_tokenizer().encode(response.text, add_special_tokens=False).ids)
+    assert 0 < tokens <= MIN_TOKEN_BUDGET + TOKENS_PER_SECOND_BUDGET * response.duration, response.text
+    assert all(0 <= c.timestamp[0] <= c.timestamp[1] <= response.duration for c in response.chunks)
+    assert all(c.compression_ratio is not None and c.avg_logprob is not None for c in response.chunks)
+
+
+def test_a_window_that_loops_is_cut_at_its_token_budget(handler, jfk_flac, monkeypatch):
+    """A budget far below what the speech needs stands in for a window that runs away: every
+    temperature runs out of tokens, and the output stops at the budget (per window: the window and
+    the rest it is decoded on from) instead of at Whisper's 448 tokens."""
+    from asr import pipeline
+
+    monkeypatch.setattr(pipeline, "TOKENS_PER_SECOND_BUDGET", 0)
+    response = handler.transcribe(jfk_flac, InferenceConfig(language="en", num_beams=1))
+    tokens = handler.transcriber.hf_tokenizer().encode(response.text, add_special_tokens=False).ids
+    assert 0 < len(tokens) <= 2 * pipeline.MIN_TOKEN_BUDGET
+    assert normalize(response.text).startswith("and so my fellow americans")

@@ -96,3 +96,14 @@ def test_locate_model(tmp_path):
     assert locate_model("openai/whisper-large-v3", tmp_path) == "openai/whisper-large-v3"
     with pytest.raises(ModelLoadError, match="make models"):
         locate_model("models/missing", tmp_path)
+
+
+def test_one_default_backend_rule(monkeypatch):
+    for name in ("ASR_BACKEND", "ASSISTANT_MODEL", "DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    assert ModelSettings(_env_file=None, device="cpu").resolved_backend() == "ctranslate2"  # the fast CPU path
+    assert ModelSettings(_env_file=None, device="cuda:0").resolved_backend() == "transformers"
+    # speculative decoding exists only on transformers
+    assert ModelSettings(_env_file=None, device="cpu", assistant_model="distil-whisper/distil-large-v3").resolved_backend() == "transformers"
+    monkeypatch.setenv("ASR_BACKEND", "transformers")
+    assert ModelSettings(_env_file=None, device="cpu").resolved_backend() == "transformers"

@@ -264,7 +264,7 @@ def test_assisted_decoding_is_lossless(tmp_path, causal):
 
 
 def test_speculation_policy_keeps_the_faster_choice_and_rechecks_the_other():
-    from asr import SpeculationPolicy
+    from asr.transformers_engine import SpeculationPolicy
 
     policy = SpeculationPolicy(warmup=2, recheck=10)
     speed = {True: 0.2, False: 0.1}  # here plain greedy decoding is twice as fast
