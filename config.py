@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -15,6 +16,16 @@ from errors import InvalidParameters, ModelLoadError
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 DEFAULT_ASR_MODEL = "models/whisper-base"
+
+# Known speakers (speaker identification): how many a request may name, and each reference's length
+# (OpenAI's transcription API asks for 2-10 s references).
+MAX_KNOWN_SPEAKERS = 8
+MIN_REFERENCE_SECONDS = 2.0
+MAX_REFERENCE_SECONDS = 10.0
+MAX_SPEAKER_NAME_LENGTH = 64
+# Cosine similarity at which a reference names a cluster: calibrated on the dev diarization set
+# (scripts/calibrate_speaker_id.py; distributions in the README).
+DEFAULT_SPEAKER_MATCH_THRESHOLD = 0.51
 
 
 class ModelSettings(BaseSettings):
@@ -40,6 +51,8 @@ class ModelSettings(BaseSettings):
     ct2_model: str | None = Field(None, description="CTranslate2 directory for asr_backend=ctranslate2 (default: '<asr_model>-ct2' beside the checkpoint, else converted from it).")
     compute_type: str = Field("int8", description="CTranslate2 compute type: int8, int8_float32, float32, float16, int8_float16, default.")
     cpu_threads: int | None = Field(None, ge=1, description="CTranslate2 intra-op threads (default: torch_threads, else the CPU count).")
+    voiceprints_db: str = Field("voiceprints.sqlite3", description="SQLite file of enrolled speakers' voiceprints (relative paths: to the repository directory).")
+    speaker_match_threshold: float = Field(DEFAULT_SPEAKER_MATCH_THRESHOLD, ge=-1, le=1, description="Cosine similarity at which a known speaker's reference names a diarized speaker.")
     trim_encoder_window: bool = Field(False, description="CTranslate2: encode short chunks in a trimmed window (chunk + 5 s, at least 10 s) instead of Whisper's full 30 s, checked and redone in full on failure; 1.6-1.8x faster on short clips on CPU (dev short set). Off by default: Whisper was trained on full windows.")
 
     @field_validator("assistant_model", "diarization_model", "hf_token", "device", "dtype", "ct2_model", mode="before")
@@ -116,6 +129,10 @@ class InferenceConfig(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=1.0, description="0 decodes deterministically; > 0 samples.")
     num_beams: int | None = Field(None, ge=1, le=10, description="Beam width; default 1: greedy with openai-whisper's temperature fallback, on both engines.")
     prompt: str | None = Field(None, max_length=2000, description="Text that conditions the decoder (style, spelling).")
+    known_speakers: dict[str, str | bytes] | list[str] | None = Field(
+        None,
+        description=f"Name diarized speakers: {{name: <base64 or data-URL audio, {MIN_REFERENCE_SECONDS:g}-{MAX_REFERENCE_SECONDS:g} s of that person>}}, or the names of enrolled voiceprints; up to {MAX_KNOWN_SPEAKERS}.",
+    )
 
     @field_validator("language", mode="before")
     @classmethod
@@ -131,6 +148,26 @@ class InferenceConfig(BaseModel):
             return TO_LANGUAGE_CODE[key]
         raise ValueError(f"unknown language {value!r}; use a code such as 'en', 'fr', 'de' or a name such as 'french'")
 
+    @field_validator("known_speakers")
+    @classmethod
+    def _speaker_names(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        names = list(value)
+        if not names:
+            return None
+        if len(names) > MAX_KNOWN_SPEAKERS:
+            raise ValueError(f"{len(names)} known speakers were given; at most {MAX_KNOWN_SPEAKERS} are allowed")
+        if len(set(names)) != len(names):
+            raise ValueError("a known speaker is named twice")
+        for name in names:
+            check_speaker_name(name)
+        if isinstance(value, dict):
+            empty = [name for name, audio in value.items() if not audio]
+            if empty:
+                raise ValueError(f"no reference audio for {empty}")
+        return value
+
     @model_validator(mode="after")
     def _consistent_speakers(self) -> "InferenceConfig":
         if self.num_speakers is not None and (self.min_speakers is not None or self.max_speakers is not None):
@@ -143,6 +180,8 @@ class InferenceConfig(BaseModel):
             raise ValueError("temperature > 0 samples; it cannot be combined with num_beams > 1")
         if self.diarize is False and any(v is not None for v in (self.num_speakers, self.min_speakers, self.max_speakers)):
             raise ValueError("speaker counts were given but diarize is false")
+        if self.diarize is False and self.known_speakers:
+            raise ValueError("known_speakers were given but diarize is false")
         return self
 
     @property
@@ -157,6 +196,17 @@ class InferenceConfig(BaseModel):
         if not isinstance(parameters, dict):
             raise InvalidParameters(f"'parameters' must be a JSON object, got {type(parameters).__name__}")
         return validate_fields(cls, parameters)
+
+
+def check_speaker_name(name: str) -> str:
+    """A person's name as it will label speaker turns: ValueError saying what is wrong otherwise."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise ValueError(f"speaker name {name!r} must be non-empty, without leading or trailing spaces")
+    if len(name) > MAX_SPEAKER_NAME_LENGTH or not name.isprintable():
+        raise ValueError(f"speaker name {name[:80]!r} must be printable and at most {MAX_SPEAKER_NAME_LENGTH} characters")
+    if re.fullmatch(r"SPEAKER_\d+", name):
+        raise ValueError(f"speaker name {name!r} would be mistaken for an unidentified speaker's label")
+    return name
 
 
 def validate_fields(model: type[ModelT], fields: dict) -> ModelT:

@@ -185,3 +185,24 @@ def _group_chunks(chunks: list[Chunk]) -> list[SpeakerTurn]:
         else:
             turns.append(SpeakerTurn(speaker=chunk.speaker, text=chunk.text, timestamp=chunk.timestamp))
     return turns
+
+
+def overlapped_regions(segments: list[SpeakerSegment]) -> list[tuple[float, float]]:
+    """Where diarization hears two or more speakers at once (intersections of different speakers' turns)."""
+    regions = []
+    for i, a in enumerate(segments):
+        for b in segments[i + 1 :]:
+            if b.start >= a.end:  # sorted by start: no later turn reaches back into ``a``
+                break
+            if a.speaker != b.speaker and min(a.end, b.end) > max(a.start, b.start):
+                regions.append((max(a.start, b.start), min(a.end, b.end)))
+    return regions
+
+
+def mark_overlaps(turns: list[SpeakerTurn], segments: list[SpeakerSegment], min_seconds: float = 0.05) -> None:
+    """Flag each speaker turn that contains overlapped speech (at least ``min_seconds`` of it, so a
+    turn merely touching a hand-over is not flagged). Words keep their one best speaker either way."""
+    regions = overlapped_regions(sorted(segments, key=lambda s: (s.start, s.end)))
+    for turn in turns:
+        start, end = turn.timestamp
+        turn.overlap = sum(max(0.0, min(end, r_end) - max(start, r_start)) for r_start, r_end in regions) >= min_seconds

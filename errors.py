@@ -109,3 +109,24 @@ class ServiceUnavailable(EndpointError):
 
 class QueueFull(ServiceUnavailable):
     kind = "queue_full"
+
+
+class InvalidSpeakerReference(EndpointError, ValueError):
+    """A known speaker's reference audio cannot identify anyone: not audio, too short or long, silent."""
+
+    status_code = 422
+    kind = "invalid_speaker_reference"
+
+
+class SpeakerNotFound(EndpointError, LookupError):
+    """A request or a route named a speaker who is not enrolled."""
+
+    status_code = 404
+    kind = "speaker_not_found"
+
+
+class VoiceprintMismatch(EndpointError, ValueError):
+    """A stored voiceprint was made by another embedding model than the one loaded: not comparable."""
+
+    status_code = 409
+    kind = "voiceprint_model_mismatch"

@@ -19,12 +19,14 @@ import torch
 
 from asr import Request, build_transcriber
 from audio import TARGET_SAMPLING_RATE, Audio, load_audio
-from config import InferenceConfig, ModelSettings, Timestamps
-from diarization_utils import Diarizer, merge_speakers
-from errors import AudioDecodeError, ModelNotConfigured
-from schemas import Chunk, Transcript, TranscriptionResponse
-from speech_diarization import diarize_speech
+from config import InferenceConfig, ModelSettings, Timestamps, check_speaker_name
+from diarization_utils import Diarizer, mark_overlaps, merge_speakers
+from errors import AudioDecodeError, InvalidParameters, ModelNotConfigured
+from schemas import Chunk, SpeakerMatch, SpeakerSegment, Transcript, TranscriptionResponse
+from speaker_id import SpeakerEmbedder, match_speakers, rename_speakers
+from speech_diarization import diarize_speech, embedding_inference
 from vad import SpeechRegion, detect_speech
+from voiceprints import EnrolledSpeaker, Voiceprint, VoiceprintStore
 
 # Audio at least this long is checked for speech before any model runs (the VAD costs well under 1%
 # of ASR's time): a file with no speech at all is answered without decoding or diarizing it.
@@ -63,6 +65,8 @@ class EndpointHandler:
             torch.set_num_threads(self.settings.torch_threads)
         self.transcriber = build_transcriber(self.settings, self.base_dir)
         self.diarizer = Diarizer.load(self.settings, self.base_dir) if self.settings.diarization_model else None
+        self.embedder = SpeakerEmbedder(embedding_inference(self.diarizer)) if self.diarizer else None
+        self.voiceprints = VoiceprintStore(self.base_dir / self.settings.voiceprints_db)
         # Diarization and ASR are independent until the merge: run them side by side.
         self._diarization_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarization") if self.diarizer else None
 
@@ -90,6 +94,8 @@ class EndpointHandler:
             item_started = time.perf_counter()
             try:
                 self.transcriber.check(config)
+                # References are checked before any model runs: a bad one fails the request at once.
+                known = self.known_voiceprints(config)
                 diarize = self._wants_diarization(config)
                 audio = load_audio(inputs, config.sampling_rate, self.settings.max_audio_seconds)
             except Exception as error:
@@ -101,7 +107,7 @@ class EndpointHandler:
                 vad_started = time.perf_counter()
                 regions = detect_speech(audio.samples)
                 timings["vad"] = time.perf_counter() - vad_started
-            turns_future = self._diarize(audio, regions, config) if diarize else None
+            turns_future = self._diarize(audio, regions, config, known) if diarize else None
             if regions == []:  # no speech: nothing to decode
                 results[index] = self._respond(audio, config, no_speech(config, diarize), turns_future, timings, started)
                 continue
@@ -141,18 +147,29 @@ class EndpointHandler:
             parts.append(shift(part, start))
         return join_transcripts(parts, config)
 
-    def _diarize(self, audio: Audio, regions: list[SpeechRegion] | None, config: InferenceConfig) -> Future:
+    def _diarize(self, audio: Audio, regions: list[SpeechRegion] | None, config: InferenceConfig, known: list[Voiceprint]) -> Future:
+        """A future of ((turns, matches), seconds): matches are None without known speakers."""
         if not regions:
             done: Future = Future()
-            done.set_result(([], 0.0))
+            done.set_result((([], match_speakers({}, known, self.settings.speaker_match_threshold) if known else None), 0.0))
             return done
-        return self._diarization_thread.submit(self._timed, diarize_speech, self.diarizer, audio.samples, regions, **config.speaker_constraints)
+        return self._diarization_thread.submit(self._timed, self._diarize_and_name, audio.samples, regions, config, known)
+
+    def _diarize_and_name(self, samples, regions: list[SpeechRegion], config: InferenceConfig, known: list[Voiceprint]) -> tuple[list[SpeakerSegment], list[SpeakerMatch] | None]:
+        """Speaker turns; with known speakers, the final speakers (after block linking) are matched
+        to them by the centroid embeddings of their own speech and renamed."""
+        turns = diarize_speech(self.diarizer, samples, regions, **config.speaker_constraints)
+        if not known:
+            return turns, None
+        matches = match_speakers(self.embedder.speaker_centroids(samples, turns), known, self.settings.speaker_match_threshold)
+        return rename_speakers(turns, matches), matches
 
     def _respond(self, audio, config: InferenceConfig, transcript, turns_future, timings: dict[str, float], started: float) -> TranscriptionResponse:
-        speakers, chunks, words, warnings = [], transcript.chunks, transcript.words, []
+        speakers, chunks, words, warnings, matches = [], transcript.chunks, transcript.words, [], None
         if turns_future is not None:
-            turns, timings["diarization"] = turns_future.result()
+            (turns, matches), timings["diarization"] = turns_future.result()
             speakers, chunks, words = merge_speakers(transcript, turns)
+            mark_overlaps(speakers, turns)
             warnings += unmet_speaker_constraints(config, len({t.speaker for t in turns}))
         if config.timestamps is not Timestamps.word:
             # Words were decoded for the speaker merge only: show them where they were asked for.
@@ -171,12 +188,43 @@ class EndpointHandler:
             num_speakers=len({s.speaker for s in speakers}),
             timings={k: round(v, 3) for k, v in timings.items()},
             warnings=warnings,
+            speaker_matches=matches,
         )
+
+    def known_voiceprints(self, config: InferenceConfig) -> list[Voiceprint]:
+        """The request's known speakers as voiceprints: references embedded now, or enrolled ones
+        read from the store (refused if another embedding model made them)."""
+        if not config.known_speakers:
+            return []
+        if self.embedder is None:
+            raise ModelNotConfigured("known_speakers need a diarization model, and this endpoint has none (set DIARIZATION_MODEL)")
+        if isinstance(config.known_speakers, dict):
+            return [self.embedder.reference(name, audio) for name, audio in config.known_speakers.items()]
+        return self.voiceprints.get(config.known_speakers, self.embedder.model_id)
+
+    # --- enrolled speakers (the server's /v1/speakers routes call these) ---
+
+    def enroll_speaker(self, name: str, audio: Any) -> EnrolledSpeaker:
+        """Embed ``audio`` (2-10 s of ``name`` speaking) and store it under ``name``, replacing any
+        earlier voiceprint of that name."""
+        if self.embedder is None:
+            raise ModelNotConfigured("enrolling speakers needs a diarization model, and this endpoint has none (set DIARIZATION_MODEL)")
+        try:
+            check_speaker_name(name)
+        except ValueError as error:
+            raise InvalidParameters(str(error)) from None
+        return self.voiceprints.enroll(self.embedder.reference(name, audio))
+
+    def list_speakers(self) -> list[EnrolledSpeaker]:
+        return self.voiceprints.list()
+
+    def delete_speaker(self, name: str) -> None:
+        self.voiceprints.delete(name)
 
     def _wants_diarization(self, config: InferenceConfig) -> bool:
         if config.diarize is None:
-            # Speaker counts imply diarization; otherwise diarize whenever a pipeline is loaded (as the blog's handler).
-            wanted = self.diarizer is not None or bool(config.speaker_constraints)
+            # Speaker counts and names imply diarization; otherwise diarize whenever a pipeline is loaded (as the blog's handler).
+            wanted = self.diarizer is not None or bool(config.speaker_constraints) or bool(config.known_speakers)
         else:
             wanted = config.diarize
         if wanted and self.diarizer is None:

@@ -38,6 +38,15 @@ class SpeakerTurn(BaseModel):
     text: str
     timestamp: tuple[float, float]
     words: list[Word] | None = None
+    overlap: bool = Field(False, description="Another speaker talks during part of this turn (overlapped speech); its words keep the speaker who holds most of their time.")
+
+
+class SpeakerMatch(BaseModel):
+    """How one known speaker was matched to the diarized speakers."""
+
+    name: str
+    cluster: str | None = Field(description="The diarized speaker (SPEAKER_xx) given this name; None when no cluster was similar enough.")
+    similarity: float | None = Field(description="Cosine similarity of the reference to that cluster (unmatched: to its most similar cluster; None when nobody was diarized).")
 
 
 class Transcript(BaseModel):
@@ -63,3 +72,4 @@ class TranscriptionResponse(BaseModel):
     num_speakers: int = 0
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds spent per stage.")
     warnings: list[str] = Field(default_factory=list, description="What could not be done as asked (e.g. an unmet speaker count).")
+    speaker_matches: list[SpeakerMatch] | None = Field(None, description="With known_speakers: which diarized speaker each name went to, and how similar.")

@@ -47,7 +47,7 @@ def diarize_speech(diarizer: Diarizer, samples: np.ndarray, regions: Sequence[Sp
         return map_back(diarizer.diarize(join(samples, blocks[0]), **constraints), blocks[0])
     # Per block at most the requested speakers; the global count is enforced when linking.
     cap = constraints.get("num_speakers") or constraints.get("max_speakers")
-    linker = _Linker(_embedding_inference(diarizer), cap)
+    linker = _Linker(embedding_inference(diarizer), cap)
     for pieces in blocks:
         joined = join(samples, pieces)
         turns = diarizer.diarize(joined, **({"max_speakers": cap} if cap else {}))
@@ -98,6 +98,25 @@ def map_back(turns: Sequence[SpeakerSegment], pieces: Sequence[Piece]) -> list[S
     return sorted(result, key=lambda s: (s.start, s.end, s.speaker))
 
 
+def centroid(embed: Callable[[dict], Any], samples: np.ndarray, turns: Sequence[SpeakerSegment]) -> np.ndarray:
+    """Unit-length embedding of one speaker's ``turns`` of ``samples``: their longest turns, up to
+    ``EMBEDDING_SECONDS`` of speech, embedded as one clip by ``embed`` (``embedding_inference``)."""
+    longest = sorted(turns, key=lambda t: t.end - t.start, reverse=True)
+    clips, total = [], 0.0
+    for turn in longest:
+        if total >= EMBEDDING_SECONDS:
+            break
+        clips.append(samples[round(turn.start * SAMPLING_RATE) : round(turn.end * SAMPLING_RATE)])
+        total += turn.end - turn.start
+    speech = np.concatenate(clips) if clips else np.zeros(0, np.float32)
+    # A speaker of a few frames still needs one embedding window (the centroid weighs it by its speech).
+    speech = np.pad(speech, (0, max(0, MIN_EMBEDDING_SAMPLES - len(speech))))
+    waveform = torch.from_numpy(np.ascontiguousarray(speech, dtype=np.float32)).unsqueeze(0)
+    with torch.inference_mode():
+        embedding = np.asarray(embed({"waveform": waveform, "sample_rate": SAMPLING_RATE}), dtype=np.float64).reshape(-1)
+    return embedding / (np.linalg.norm(embedding) or 1.0)
+
+
 class _Linker:
     """Names speakers across blocks: each block's speakers are matched one-to-one (two speakers of
     one block are never merged) to the speakers seen so far by the cosine distance of their
@@ -133,20 +152,7 @@ class _Linker:
         return names
 
     def _centroid(self, joined: np.ndarray, turns: list[SpeakerSegment]) -> tuple[np.ndarray, float]:
-        longest = sorted(turns, key=lambda t: t.end - t.start, reverse=True)
-        clips, total = [], 0.0
-        for turn in longest:
-            if total >= EMBEDDING_SECONDS:
-                break
-            clips.append(joined[round(turn.start * SAMPLING_RATE) : round(turn.end * SAMPLING_RATE)])
-            total += turn.end - turn.start
-        speech = np.concatenate(clips)
-        # A speaker of a few frames still needs one embedding window (the centroid weighs it by its speech).
-        speech = np.pad(speech, (0, max(0, MIN_EMBEDDING_SAMPLES - len(speech))))
-        waveform = torch.from_numpy(speech).unsqueeze(0)
-        with torch.inference_mode():
-            embedding = np.asarray(self.embed({"waveform": waveform, "sample_rate": SAMPLING_RATE}), dtype=np.float64).reshape(-1)
-        return embedding / (np.linalg.norm(embedding) or 1.0), sum(t.end - t.start for t in turns)
+        return centroid(self.embed, joined, turns), sum(t.end - t.start for t in turns)
 
     def _update(self, index: int, embedding: np.ndarray, weight: float) -> str:
         merged = self.centroids[index] * self.weights[index] + embedding * weight
@@ -180,9 +186,10 @@ class _Linker:
 _EMBEDDINGS: "weakref.WeakKeyDictionary[Diarizer, Any]" = weakref.WeakKeyDictionary()
 
 
-def _embedding_inference(diarizer: Diarizer) -> Any:
+def embedding_inference(diarizer: Diarizer) -> Any:
     """pyannote ``Inference`` (whole-window) over the pipeline's own embedding checkpoint, loaded
-    once per pipeline through the public ``Model.from_pretrained`` with the pipeline's settings."""
+    once per pipeline through the public ``Model.from_pretrained`` with the pipeline's settings
+    (block linking and speaker identification share it)."""
     if diarizer not in _EMBEDDINGS:
         from pyannote.audio import Inference, Model
 

@@ -16,6 +16,9 @@ from config import validate_fields
 from errors import BadRequest, PayloadTooLarge
 
 MAX_FORM_FIELDS = 64
+# A text field may hold a data-URL audio reference (known_speaker_references[]): 10 s of 48 kHz
+# stereo WAV is 2.6 MB in base64, over Starlette's 1 MB default. The upload limit bounds the body.
+MAX_FORM_FIELD_BYTES = 8 * 1024 * 1024
 _NESTED_FIELD = re.compile(r"^(\w+)\[(\w*)\]$")  # name[] (a list item) or name[key] (an object member)
 
 
@@ -40,7 +43,7 @@ async def read_form(request: Request) -> tuple[bytes, dict[str, Any]]:
     """A multipart body → (the ``file`` part's bytes, the other fields). ``name[]`` fields become
     lists and ``name[key]`` fields objects, as the openai SDK sends arrays and objects."""
     try:
-        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_FIELD_BYTES)
     except (PayloadTooLarge, ClientDisconnect):
         raise
     except Exception as error:  # malformed multipart (python-multipart / starlette errors)

@@ -73,7 +73,7 @@ def verbose_json(response: TranscriptionResponse, config: InferenceConfig, granu
         body["words"] = [{"word": w.text, "start": w.start, "end": w.end, **({"speaker": w.speaker} if w.speaker else {})} for w in response.words or []]
     if response.speakers:
         body["speakers"] = sorted({turn.speaker for turn in response.speakers})
-    return body
+    return {**body, **speaker_matches(response)}
 
 
 def diarized_segments(response: TranscriptionResponse) -> list[dict[str, Any]]:
@@ -89,10 +89,16 @@ def usage(response: TranscriptionResponse) -> dict[str, Any]:
     return {"type": "duration", "seconds": response.duration}
 
 
+def speaker_matches(response: TranscriptionResponse) -> dict[str, Any]:
+    """With known speakers, how each name fared (its speaker and cosine similarity): an extra field
+    the openai SDK keeps (``result.speaker_matches``)."""
+    return {"speaker_matches": [m.model_dump() for m in response.speaker_matches]} if response.speaker_matches is not None else {}
+
+
 def diarized_json(response: TranscriptionResponse) -> dict[str, Any]:
     """OpenAI's ``diarized_json`` (the SDK's ``TranscriptionDiarized``); our speaker labels."""
     return {"task": "transcribe", "duration": response.duration, "text": response.text,
-            "segments": diarized_segments(response), "usage": usage(response)}
+            "segments": diarized_segments(response), "usage": usage(response), **speaker_matches(response)}
 
 
 def cues(response: TranscriptionResponse) -> list[tuple[float, float, str]]:

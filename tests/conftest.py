@@ -67,13 +67,20 @@ def handler(base_settings):
 
 
 @pytest.fixture(scope="session")
-def diarizing_handler():
-    """One real handler (Whisper base + the offline diarization pipeline) for the session."""
+def diarizing_handler(tmp_path_factory):
+    """One real handler (Whisper base + the offline diarization pipeline) for the session; its
+    voiceprint store lives in a temporary directory, never in the repository."""
     from config import ModelSettings
     from handler import EndpointHandler
 
-    settings = ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), asr_backend="transformers", diarization_model=str(DIARIZATION_MODEL), assistant_model=None, hf_token=None)
+    voiceprints = tmp_path_factory.mktemp("voiceprints") / "voiceprints.sqlite3"
+    settings = ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), asr_backend="transformers", diarization_model=str(DIARIZATION_MODEL), assistant_model=None, hf_token=None, voiceprints_db=str(voiceprints))
     return EndpointHandler(str(REPO_DIR), settings=settings)
+
+
+@pytest.fixture(scope="session")
+def diarizer(diarizing_handler):
+    return diarizing_handler.diarizer
 
 
 def free_port() -> int:

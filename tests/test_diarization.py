@@ -43,11 +43,6 @@ def samples(item_id: str) -> np.ndarray:
     return load_audio(open(DIARIZATION_ITEMS[item_id]["audio"], "rb").read()).samples
 
 
-@pytest.fixture(scope="session")
-def diarizer(diarizing_handler):
-    return diarizing_handler.diarizer
-
-
 # --- the offline pipeline -------------------------------------------------------------------------
 
 

@@ -138,8 +138,8 @@ def test_one_hertz_wav_is_refused_at_once(handler):
 
 
 def test_embedding_model_is_loaded_once(diarizing_handler):
-    first = speech_diarization._embedding_inference(diarizing_handler.diarizer)
-    assert speech_diarization._embedding_inference(diarizing_handler.diarizer) is first
+    first = speech_diarization.embedding_inference(diarizing_handler.diarizer)
+    assert speech_diarization.embedding_inference(diarizing_handler.diarizer) is first
 
 
 # --- long audio transcribed in sections -------------------------------------------------------------------

@@ -191,10 +191,10 @@ async def test_openai_chunking_strategy_auto_or_plain_server_vad_accepted_tuning
 async def test_openai_known_speakers_and_contradictions_are_refused_clearly():
     async with serving(FakeHandler(diarization=True)) as server:
         post = server.client.post
-        known = await post("/v1/audio/transcriptions", files={"file": ("a.flac", FLAC)}, data={"known_speaker_names[]": "alice", "response_format": "diarized_json"})
+        known = await post("/v1/audio/transcriptions", files={"file": ("a.flac", FLAC)}, data={"known_speaker_names[]": "alice", "known_speaker_references[]": ["data:audio/wav;base64,AA==", "data:audio/wav;base64,AA=="], "response_format": "diarized_json"})
         contradiction = await post("/v1/audio/transcriptions", files={"file": ("a.flac", FLAC)}, data={"diarize": "false", "response_format": "diarized_json"})
         translation = await post("/v1/audio/translations", files={"file": ("a.flac", FLAC)}, data={"response_format": "diarized_json"})
-    assert known.status_code == 422 and "known_speaker_names" in known.json()["error"]["message"]
+    assert known.status_code == 422 and "2 reference(s) for 1 known_speaker_names" in known.json()["error"]["message"]
     assert contradiction.status_code == 422 and "diarize is false" in contradiction.json()["error"]["message"]
     assert translation.status_code == 422 and "translations" in translation.json()["error"]["message"]
     assert server.handler.configs == []

@@ -42,8 +42,8 @@ class OpenAITranscriptionForm(BaseModel):
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
-    known_speaker_names: list[str] = Field(default_factory=list)
-    known_speaker_references: list[str] = Field(default_factory=list)
+    known_speaker_names: list[str] = Field(default_factory=list, description="Names for the diarized speakers: with known_speaker_references, one per reference; alone, the names of enrolled voiceprints (POST /v1/speakers).")
+    known_speaker_references: list[str] = Field(default_factory=list, description="Data URLs (data:audio/wav;base64,…) of 2-10 s of each named speaker, in known_speaker_names' order.")
 
     @field_validator("chunking_strategy", mode="before")
     @classmethod
@@ -58,9 +58,24 @@ class OpenAITranscriptionForm(BaseModel):
                 raise ValueError(f"server_vad settings {tuned} cannot be tuned per request on this server (it segments with its own VAD); send 'auto'")
         return value
 
+    @field_validator("known_speaker_names", "known_speaker_references", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # one plain form field (curl -F name=alice)
+
     def wants_diarization(self) -> bool:
         return bool(self.diarize or self.response_format == "diarized_json" or self.known_speaker_names or any(
             v is not None for v in (self.num_speakers, self.min_speakers, self.max_speakers)))
+
+    def known_speakers(self) -> dict[str, str] | list[str] | None:
+        """The handler's ``known_speakers``: {name: reference} with references, enrolled names without."""
+        if not self.known_speaker_names:
+            return None
+        if not self.known_speaker_references:
+            return list(self.known_speaker_names)
+        if len(set(self.known_speaker_names)) != len(self.known_speaker_names):
+            raise InvalidParameters("known_speaker_names: a known speaker is named twice")
+        return dict(zip(self.known_speaker_names, self.known_speaker_references))
 
     def inference_config(self, task: Task) -> InferenceConfig:
         if self.stream and self.response_format not in STREAMABLE:
@@ -69,12 +84,13 @@ class OpenAITranscriptionForm(BaseModel):
             raise InvalidParameters("response_format: diarized_json is for transcriptions; translations answer json, text, srt, vtt or verbose_json")
         if self.diarize is False and (self.response_format == "diarized_json" or self.known_speaker_names):
             raise InvalidParameters("diarize is false, but response_format=diarized_json and known speakers need diarization")
-        if self.known_speaker_names or self.known_speaker_references:
-            raise InvalidParameters("known_speaker_names/known_speaker_references: naming speakers from reference clips is not supported by this server yet")
+        if self.known_speaker_references and len(self.known_speaker_references) != len(self.known_speaker_names):
+            raise InvalidParameters(f"known_speaker_references: {len(self.known_speaker_references)} reference(s) for {len(self.known_speaker_names)} known_speaker_names; send one reference per name (or names alone for enrolled speakers)")
         # Word timestamps imply the segment ones too (the handler returns both).
         timestamps = "word" if "word" in self.timestamp_granularities else "segment"
         parameters = {"task": task.value, "timestamps": timestamps, "temperature": self.temperature, "language": self.language, "prompt": self.prompt or None,
-                      "diarize": self.wants_diarization(), "num_speakers": self.num_speakers, "min_speakers": self.min_speakers, "max_speakers": self.max_speakers}
+                      "diarize": self.wants_diarization(), "num_speakers": self.num_speakers, "min_speakers": self.min_speakers, "max_speakers": self.max_speakers,
+                      "known_speakers": self.known_speakers()}
         return InferenceConfig.parse({k: v for k, v in parameters.items() if v is not None})
 
 
