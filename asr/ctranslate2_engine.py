@@ -83,7 +83,7 @@ class CTranslate2Transcriber(DecodingPipeline):
     def check(self, config: InferenceConfig) -> None:
         if config.assisted is True:
             # CTranslate2 has no speculative decoding for Whisper; its plain decoding is the fast path.
-            raise ModelNotConfigured("assisted=true needs the transformers backend with an assistant model; this endpoint runs asr_backend=ctranslate2")
+            raise ModelNotConfigured("assisted=true needs an assistant model (ASSISTANT_MODEL) on the transformers backend; this endpoint runs asr_backend=ctranslate2 without one")
         super().check(config)
 
     def transcribe_batch(self, requests: list[Request]) -> list[Transcript | Exception]:

@@ -12,7 +12,7 @@ from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
 from config import InferenceConfig
 from errors import EndpointError
-from schemas import Chunk, TranscriptionResponse
+from schemas import TranscriptionResponse
 
 MAX_ERROR_MESSAGE = 2000
 
@@ -76,9 +76,13 @@ def verbose_json(response: TranscriptionResponse, config: InferenceConfig, granu
     return {**body, **speaker_matches(response)}
 
 
-def diarized_segment(index: int, chunk: Chunk) -> dict[str, Any]:
-    """One segment of OpenAI's ``diarized_json`` (also the ``transcript.text.segment`` stream event)."""
-    return {"type": "transcript.text.segment", "id": f"seg_{index}", "start": chunk.timestamp[0], "end": chunk.timestamp[1], "speaker": chunk.speaker or "", "text": chunk.text}
+def diarized_segments(response: TranscriptionResponse) -> list[dict[str, Any]]:
+    """OpenAI's ``diarized_json`` segments (also the ``transcript.text.segment`` stream events): one
+    per speaker turn, which the merge built word by word, so a sentence two people shared is split
+    between them; the ASR segments (each under its majority speaker) only when there are no turns."""
+    pieces = [(t.timestamp, t.speaker, t.text) for t in response.speakers] or [(c.timestamp, c.speaker or "", c.text) for c in response.chunks]
+    return [{"type": "transcript.text.segment", "id": f"seg_{index}", "start": start, "end": end, "speaker": speaker, "text": text}
+            for index, ((start, end), speaker, text) in enumerate(pieces)]
 
 
 def usage(response: TranscriptionResponse) -> dict[str, Any]:
@@ -94,7 +98,7 @@ def speaker_matches(response: TranscriptionResponse) -> dict[str, Any]:
 def diarized_json(response: TranscriptionResponse) -> dict[str, Any]:
     """OpenAI's ``diarized_json`` (the SDK's ``TranscriptionDiarized``); our speaker labels."""
     return {"task": "transcribe", "duration": response.duration, "text": response.text,
-            "segments": [diarized_segment(i, c) for i, c in enumerate(response.chunks)], "usage": usage(response), **speaker_matches(response)}
+            "segments": diarized_segments(response), "usage": usage(response), **speaker_matches(response)}
 
 
 def cues(response: TranscriptionResponse) -> list[tuple[float, float, str]]:

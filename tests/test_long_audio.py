@@ -7,6 +7,7 @@ import io
 import re
 import time
 
+import jiwer
 import numpy as np
 import pytest
 import soundfile
@@ -164,6 +165,7 @@ def test_long_audio_is_transcribed_section_by_section(handler, jfk_flac, monkeyp
     sectioned = handler({"inputs": jfk_flac, "parameters": {"num_beams": 1}})
     assert sectioned["language"] == "en"
     words = lambda text: re.sub(r"[^\w' ]", "", text.lower()).split()  # noqa: E731 (a cut may change punctuation)
-    assert words(sectioned["text"]) == words(whole["text"])
+    # The same words in order; a cut may change one (a section has less context): at most 1 in 10.
+    assert len(words(sectioned["text"])) == len(words(whole["text"])) and jiwer.wer(" ".join(words(whole["text"])), " ".join(words(sectioned["text"]))) <= 0.1, (whole["text"], sectioned["text"])
     starts = [c["timestamp"][0] for c in sectioned["chunks"]]
     assert starts == sorted(starts) and sectioned["chunks"][-1]["timestamp"][1] > 8

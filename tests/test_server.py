@@ -68,7 +68,7 @@ def guarded(start_server):
 
 @pytest.fixture(scope="module")
 def broken(start_server):
-    return start_server({"API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "DEVICE": "meta"})
+    return start_server({"API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "DEVICE": "meta", "ASR_BACKEND": "transformers"})
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_openai_sdk_verbose_json_with_word_and_segment_timestamps(burst):
     result = burst["openai_verbose_json"]
     assert_transcribes(result.text, CLIP)
     assert result.language == "english" and result.duration == pytest.approx(CLIP["duration"], abs=0.01)
-    assert result.segments and result.segments[0].start == 0.0 and result.segments[-1].end <= CLIP["duration"] + 0.05
+    assert result.segments and 0.0 <= result.segments[0].start < 0.5 and result.segments[-1].end <= CLIP["duration"] + 0.05
     assert " ".join(s.text for s in result.segments) == result.text
     assert [w.word for w in result.words] == result.text.split()
     assert all(a.start <= b.start for a, b in zip(result.words, result.words[1:]))

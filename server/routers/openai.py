@@ -120,7 +120,7 @@ class SSEText(StreamText):
         return render.sse(render.delta_event(delta))
 
     def done(self, response: TranscriptionResponse) -> bytes:
-        segments = b"".join(render.sse(render.diarized_segment(i, c)) for i, c in enumerate(response.chunks)) if self.diarized else b""
+        segments = b"".join(render.sse(segment) for segment in render.diarized_segments(response)) if self.diarized else b""
         return segments + render.sse(render.done_event(response))
 
     def error(self, error: EndpointError, message: str) -> bytes:
