@@ -52,7 +52,7 @@ ASR_MODEL ?= models/whisper-base
 ASR_BACKEND ?= auto
 DIARIZATION_MODEL ?= $(shell test -d models/pyannote-diarization && echo models/pyannote-diarization)
 serve: models
-	ASR_MODEL="$(ASR_MODEL)" ASR_BACKEND="$(ASR_BACKEND)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" $(PY) -m uvicorn server:app --host $(HOST) --port $(PORT)
+	ASR_MODEL="$(ASR_MODEL)" ASR_BACKEND="$(ASR_BACKEND)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" $(PY) -m server --host $(HOST) --port $(PORT)
 
 # The same server on a local Ray cluster: RAY_REPLICAS handler replicas behind the same routes (README, Scale-out).
 RAY_REPLICAS ?= 2

@@ -96,11 +96,25 @@ def decode_base64(text: str) -> bytes:
         raise AudioDecodeError(f"'inputs' is not valid base64 ({error})") from None
 
 
-def probe_duration(inputs: Any) -> float | None:
-    """Seconds of audio in ``inputs`` (file bytes or base64) from its header, without decoding it;
-    None when the format does not declare a duration. Raises ``AudioDecodeError`` for what
-    ``load_audio`` would refuse from the header alone (not audio, sample rate out of range)."""
+def probe_duration(inputs: Any, sampling_rate: int = TARGET_SAMPLING_RATE) -> float | None:
+    """Seconds of audio in ``inputs`` (any form ``load_audio`` takes) without decoding it: a file's
+    header, a sample array's length; None when the container does not declare a duration. Raises
+    ``AudioDecodeError`` for what ``load_audio`` would refuse from the header alone (not audio,
+    sample rate out of range)."""
+    if isinstance(inputs, dict):
+        array = inputs.get("array", inputs.get("raw"))
+        rate = inputs.get("sampling_rate", sampling_rate)
+        if hasattr(array, "__len__") and isinstance(rate, (int, float)) and rate > 0:
+            return _array_frames(array) / rate
+        return None  # load_audio will say what is wrong with it
+    if isinstance(inputs, (list, tuple, np.ndarray)):
+        return _array_frames(inputs) / sampling_rate
     return probe(as_file_bytes(inputs)).duration
+
+
+def _array_frames(array: Any) -> int:
+    shape = np.shape(array) if isinstance(array, np.ndarray) else (len(array), len(array[0])) if len(array) and isinstance(array[0], (list, tuple)) else (len(array),)
+    return max(shape) if len(shape) == 2 else shape[0]  # (channels, samples) or (samples, channels), as from_samples reads it
 
 
 def probe(data: bytes) -> Probe:

@@ -241,7 +241,12 @@ class ServerSettings(BaseSettings):
 
     api_key: SecretStr | None = Field(None, description="When set, every route but /health requires `Authorization: Bearer <key>`.")
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Larger request bodies are refused (413); tt-media-server's cap is 50 MB.")
-    max_queue_depth: int = Field(256, ge=0, description="Requests allowed to wait for a worker; beyond that, 503 + Retry-After.")
+    max_queue_depth: int = Field(256, ge=0, description="Admitted requests beyond the workers' (waiting for a worker); as many more may wait to be admitted, then 503 + Retry-After.")
+    max_audio_seconds_in_flight: float = Field(8 * 3600, gt=0, description="Seconds of audio admitted requests may hold together (memory follows it: 64 KB/s of 16 kHz float32 plus working memory); a longer single file gets 413.")
+    admission_wait_s: float = Field(10.0, ge=0, description="How long a request whose body is in may wait to be admitted before 503 + Retry-After.")
+    tt_admission_wait_s: float = Field(900.0, ge=0, description="The same wait on the tt-media-server JSON route: lmms-eval's whisper_tt sends every item at once and never retries a 503.")
+    body_read_timeout_s: float = Field(120.0, gt=0, description="Deadline for receiving a request body, from the request's start (408 after it): trickling uploads cannot hold the server.")
+    shutdown_grace_s: float = Field(25.0, ge=0, description="On SIGTERM (`python -m server`): time running requests get to finish before they are answered 503; keep it under the orchestrator's kill delay (Kubernetes: 30 s).")
     inference_workers: int = Field(1, ge=1, description="Threads running the handler; it is not guaranteed thread-safe, so 1 unless you know better.")
     micro_batch_size: int = Field(8, ge=1, description="Requests waiting together are transcribed in one batch of at most this many (1: one at a time).")
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 503 (queue full, models loading).")

@@ -96,8 +96,16 @@ class PayloadTooLarge(EndpointError):
     kind = "payload_too_large"
 
 
+class RequestTimeout(EndpointError):
+    """The request body did not arrive within the server's read deadline (a stalled or trickling upload)."""
+
+    status_code = 408
+    kind = "request_timeout"
+    headers = {"Connection": "close"}  # the rest of the body may still trickle in: nobody reads it
+
+
 class ServiceUnavailable(EndpointError):
-    """Models still loading, or the server is full: the client should come back later."""
+    """Models still loading, the server full or shutting down: the client should come back later."""
 
     status_code = 503
     kind = "unavailable"

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from config import validate_fields
-from errors import BadRequest, PayloadTooLarge
+from errors import BadRequest, EndpointError
 
 MAX_FORM_FIELDS = 64
 # A text field may hold a data-URL audio reference (known_speaker_references[]): 10 s of 48 kHz
@@ -44,7 +44,7 @@ async def read_form(request: Request) -> tuple[bytes, dict[str, Any]]:
     lists and ``name[key]`` fields objects, as the openai SDK sends arrays and objects."""
     try:
         form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_FIELD_BYTES)
-    except (PayloadTooLarge, ClientDisconnect):
+    except (EndpointError, ClientDisconnect):  # too large, too slow, client gone: already clear
         raise
     except Exception as error:  # malformed multipart (python-multipart / starlette errors)
         raise BadRequest(f"could not parse the multipart body: {error}") from None

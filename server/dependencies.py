@@ -1,9 +1,8 @@
-"""What routes depend on: the app's state (settings, metrics, handler, queue), auth, readiness."""
+"""What routes depend on: the app's state (settings, metrics, handler, admission, queue), auth, readiness."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +10,7 @@ from fastapi import Depends, Request
 
 from config import ServerSettings
 from errors import Unauthorized
+from server.admission import Admission
 from server.handler_host import HandlerHost
 from server.inference_queue import InferenceQueue
 from server.metrics import Metrics
@@ -23,6 +23,7 @@ class ServerState:
     settings: ServerSettings
     metrics: Metrics
     host: HandlerHost
+    admission: Admission
     queue: InferenceQueue
 
 
@@ -44,11 +45,3 @@ async def require_api_key(request: Request, state: ServerState = Depends(get_sta
 def ready_handler(state: ServerState = Depends(get_state)) -> Any:
     """The loaded handler, or 503 (still loading) / 500 (failed to load) before any body is read."""
     return state.host.ready_handler()
-
-
-async def admitted(state: ServerState = Depends(get_state)) -> AsyncIterator[None]:
-    """A place in the inference queue for the whole request, streamed responses included (a
-    request-scoped dependency exits after the response is sent); taken before the body is read, so a
-    full server refuses cheaply (503 + Retry-After)."""
-    async with state.queue.slot():
-        yield

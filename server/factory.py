@@ -18,11 +18,12 @@ from starlette.requests import ClientDisconnect
 from config import ServerSettings
 from errors import BadRequest, EndpointError, InvalidParameters, MethodNotAllowed, NotFound, RequestCancelled
 from server import render
+from server.admission import Admission
 from server.dependencies import ServerState
 from server.handler_host import HandlerFactory, HandlerHost, default_handler_factory
 from server.inference_queue import InferenceQueue
 from server.metrics import Metrics
-from server.middleware import CollapseSlashes, Measure, UploadLimit
+from server.middleware import BodyLimits, CollapseSlashes, Measure
 from server.routers import audio, hf, ops, speakers
 
 logger = logging.getLogger("uvicorn.error")
@@ -36,8 +37,9 @@ def create_app(settings: ServerSettings | None = None, handler_factory: HandlerF
     metrics = Metrics()
     secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
     host = HandlerHost(handler_factory or default_handler_factory, metrics, secrets, settings.retry_after_seconds)
-    queue = InferenceQueue(settings.inference_workers, settings.max_queue_depth, settings.micro_batch_size, metrics, settings.retry_after_seconds)
-    state = ServerState(settings=settings, metrics=metrics, host=host, queue=queue)
+    admission = Admission(settings.inference_workers + settings.max_queue_depth, settings.max_audio_seconds_in_flight, settings.retry_after_seconds, metrics)
+    queue = InferenceQueue(settings.inference_workers, settings.micro_batch_size, metrics)
+    state = ServerState(settings=settings, metrics=metrics, host=host, admission=admission, queue=queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,10 +66,10 @@ def create_app(settings: ServerSettings | None = None, handler_factory: HandlerF
     def respond(request: Request, error: EndpointError) -> JSONResponse:
         return error_response(state, request, error)
 
-    # Added first sits innermost: the upload limit's exception reaches the routes' error mapping;
+    # Added first sits innermost: the body limits' exceptions reach the routes' error mapping;
     # Measure sees every answer; slashes are collapsed before anything matches paths; CORS goes last
     # (outermost) so preflight requests are answered before auth.
-    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes, respond=respond)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, read_timeout_s=settings.body_read_timeout_s, respond=respond)
     app.add_middleware(Measure, metrics=metrics, respond=respond)
     app.add_middleware(CollapseSlashes)
     if settings.cors_origins.strip():

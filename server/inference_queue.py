@@ -4,14 +4,13 @@ micro-batcher that lets requests waiting together share one ``handler.transcribe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from errors import QueueFull, RequestCancelled
+from errors import RequestCancelled
 from server.metrics import Metrics
 
 SegmentsCallback = Callable[[list[Any]], None]
@@ -19,8 +18,7 @@ SegmentsCallback = Callable[[list[Any]], None]
 
 class InferenceQueue:
     """Runs handler calls on ``workers`` threads, off the event loop, so /health and /metrics never
-    wait on a model. At most ``workers + max_depth`` requests are admitted at once; the rest get 503
-    at once instead of piling up. ``run_batched`` micro-batches: the worker that picks up a
+    wait on a model (what may reach it is ``server.admission``'s decision). ``run_batched`` micro-batches: the worker that picks up a
     transcription takes every transcription waiting with it (up to ``max_batch``) into one
     ``handler.transcribe_batch`` call, whose decoder then runs them in the same ``generate`` calls.
 
@@ -28,16 +26,13 @@ class InferenceQueue:
     away): a request not started yet is skipped, a running one is stopped by the decoding pipeline
     at its next window."""
 
-    def __init__(self, workers: int, max_depth: int, max_batch: int = 1, metrics: Metrics | None = None, retry_after_seconds: int = 5):
+    def __init__(self, workers: int, max_batch: int = 1, metrics: Metrics | None = None):
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
-        self._capacity = workers + max_depth
-        self._admitted = 0  # touched on the event loop only
         self._lock = threading.Lock()  # guards waiting, _pending and each job's started/abandoned state
         self.waiting = 0
         self._max_batch = max_batch
         self._pending: list[_BatchItem] = []  # transcriptions no worker has taken yet, oldest first
         self._metrics = metrics or Metrics()
-        self._retry_after = retry_after_seconds
         self._metrics.watch_queue(lambda: self.waiting)
 
     async def run_batched(self, handler: Any, inputs: Any, config: Any, *, on_segments: SegmentsCallback | None = None, cancelled: threading.Event | None = None) -> Any:
@@ -84,18 +79,6 @@ class InferenceQueue:
         if isinstance(item.result, Exception):
             raise item.result
         return item.result
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold a place for the whole request; taken before the upload is read, so a full server
-        refuses cheaply."""
-        if self._admitted >= self._capacity:
-            raise QueueFull(f"the server is busy: {self._admitted} requests admitted, the queue is full (MAX_QUEUE_DEPTH); retry later", self._retry_after)
-        self._admitted += 1
-        try:
-            yield
-        finally:
-            self._admitted -= 1
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         job = {"started": False, "abandoned": False}

@@ -27,10 +27,16 @@ class Metrics:
         self.errors = Counter("asr_errors", "Error responses by kind (client_closed_request: the client went away).", ["kind"], registry=registry)
         self.queue_depth = Gauge("asr_queue_depth", "Requests waiting for an inference worker.", registry=registry)
         self.in_flight = Gauge("asr_inferences_in_flight", "Requests being run by the handler now.", registry=registry)
+        self.admitted_audio = Gauge("asr_admitted_audio_seconds", "Seconds of audio held by admitted requests (MAX_AUDIO_SECONDS_IN_FLIGHT bounds it).", registry=registry)
+        self.admission_waiting = Gauge("asr_admission_waiting", "Requests whose body is in, waiting to be admitted.", registry=registry)
         self.ready = Gauge("asr_model_ready", "1 once the models are loaded.", registry=registry)
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
+
+    def watch_admission(self, audio_seconds: Callable[[], float], waiting: Callable[[], float]) -> None:
+        self.admitted_audio.set_function(audio_seconds)
+        self.admission_waiting.set_function(waiting)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

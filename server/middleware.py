@@ -1,8 +1,9 @@
 """ASGI middleware (pure ASGI, so streamed responses and disconnects pass through untouched):
-path normalization, the upload limit, and the measurement of every request."""
+path normalization, the body limits (size, read deadline), and the measurement of every request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from errors import EndpointError, InferenceError, PayloadTooLarge
+from errors import EndpointError, InferenceError, PayloadTooLarge, RequestTimeout
 from server.metrics import UNMATCHED, Metrics
 
 logger = logging.getLogger("uvicorn.error")
@@ -35,12 +36,16 @@ class CollapseSlashes:
         await self.app(scope, receive, send)
 
 
-class UploadLimit:
-    """413 for bodies over ``max_bytes``: at once from Content-Length, or as a chunked body grows."""
+class BodyLimits:
+    """The request body's size and time: 413 over ``max_bytes`` (at once from Content-Length, or as a
+    chunked body grows), 408 when the body has not fully arrived ``read_timeout_s`` after the request
+    started (a client trickling a byte every few seconds holds a connection, never a queue place:
+    requests are admitted only once their body is in)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, respond: ErrorResponder):
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float, respond: ErrorResponder):
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
         self.respond = respond
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -50,14 +55,22 @@ class UploadLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self.respond(Request(scope), too_large)(scope, receive, send)  # type: ignore[operator]
+        deadline = time.monotonic() + self.read_timeout_s
         received = 0
+        body_complete = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:  # afterwards only http.disconnect can come: waited for as long as the request runs
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                raise RequestTimeout(f"the request body did not arrive within {self.read_timeout_s:g} s (BODY_READ_TIMEOUT_S): {received} bytes received") from None
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 raise too_large  # surfaces in the route, mapped by the EndpointError handler
+            body_complete = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)

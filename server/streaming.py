@@ -57,11 +57,12 @@ class StreamText:
         raise NotImplementedError
 
 
-async def stream_response(request: Request, state: ServerState, inputs: Any, config: InferenceConfig, framing: StreamText, media_type: str) -> StreamingResponse:
+async def stream_response(request: Request, state: ServerState, inputs: Any, config: InferenceConfig, framing: StreamText, media_type: str,
+                          admission_wait_s: float | None = None) -> StreamingResponse:
     """Starts the request and waits for its first result (so errors before any text, such as audio
-    that cannot be decoded, still get their 4xx status), then streams the rest."""
+    that cannot be decoded or a full server, still get their status), then streams the rest."""
     started = time.perf_counter()
-    results = transcribe_streaming(request, state, inputs, config)
+    results = transcribe_streaming(request, state, inputs, config, admission_wait_s=admission_wait_s)
     try:
         first = await anext(results)
     except BaseException:

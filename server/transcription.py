@@ -12,8 +12,9 @@ from typing import Any
 
 from fastapi import Request
 
+import audio
 from config import InferenceConfig
-from errors import EndpointError, InferenceError, RequestCancelled
+from errors import EndpointError, InferenceError, RequestCancelled, ServiceUnavailable
 from schemas import Chunk, TranscriptionResponse
 from server.dependencies import ServerState
 from server.metrics import UNMATCHED
@@ -25,18 +26,30 @@ def route_label(request: Request) -> str:
     return getattr(request.scope.get("route"), "path", UNMATCHED)
 
 
-async def transcribe(request: Request, state: ServerState, inputs: Any, config: InferenceConfig, *,
+async def transcribe(request: Request, state: ServerState, inputs: Any, config: InferenceConfig, *, admission_wait_s: float | None = None,
                      on_segments: Any = None, cancelled: threading.Event | None = None) -> TranscriptionResponse:
-    """``handler.transcribe`` on the queue; a client that disconnects cancels its request."""
+    """``handler.transcribe`` once admitted (``server.admission``: by the audio's seconds, waiting up
+    to ``admission_wait_s``), on the queue. A client that disconnects, waiting or running, cancels
+    its request; when the shutdown grace period ends, a running request is stopped and answered 503."""
     handler = state.host.ready_handler()
+    if isinstance(inputs, str):  # base64 decoded once, here: the header is read before admission
+        inputs = audio.as_file_bytes(inputs)
     cancelled = cancelled or threading.Event()
-    work = asyncio.ensure_future(state.queue.run_batched(handler, inputs, config, on_segments=on_segments, cancelled=cancelled))
+    wait_s = state.settings.admission_wait_s if admission_wait_s is None else admission_wait_s
+    admission = state.admission.admit_audio(inputs, config.sampling_rate, wait_s)  # reads the header: not audio → 400 at once
+
+    async def admitted_run() -> TranscriptionResponse:
+        async with admission:
+            return await state.queue.run_batched(handler, inputs, config, on_segments=on_segments, cancelled=cancelled)
+
+    work = asyncio.ensure_future(admitted_run())
     watcher = asyncio.ensure_future(_until_disconnected(request))
+    shutdown = asyncio.ensure_future(state.admission.shutting_down.wait())
     try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():  # the client went away first
-            cancelled.set()
-            work.cancel()
+        await asyncio.wait({work, watcher, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            if shutdown.done():
+                raise ServiceUnavailable("the server is shutting down and stopped this request before it finished; retry", state.settings.retry_after_seconds)
             raise RequestCancelled("the client disconnected; its request was cancelled")
         response: TranscriptionResponse = work.result()
     except EndpointError:
@@ -46,6 +59,7 @@ async def transcribe(request: Request, state: ServerState, inputs: Any, config: 
         raise InferenceError(f"inference failed: {type(error).__name__}: {error}") from None
     finally:
         watcher.cancel()
+        shutdown.cancel()
         if not work.done():
             cancelled.set()
             work.cancel()
@@ -53,7 +67,7 @@ async def transcribe(request: Request, state: ServerState, inputs: Any, config: 
     return response
 
 
-async def transcribe_streaming(request: Request, state: ServerState, inputs: Any, config: InferenceConfig) -> AsyncIterator[list[Chunk] | TranscriptionResponse]:
+async def transcribe_streaming(request: Request, state: ServerState, inputs: Any, config: InferenceConfig, *, admission_wait_s: float | None = None) -> AsyncIterator[list[Chunk] | TranscriptionResponse]:
     """Yields each run of newly final segments as the pipeline produces them, then the response.
     Closing the iterator early (client gone) cancels the request."""
     loop = asyncio.get_running_loop()
@@ -63,7 +77,7 @@ async def transcribe_streaming(request: Request, state: ServerState, inputs: Any
     def on_segments(chunks: list[Chunk]) -> None:  # called on the decoding thread
         loop.call_soon_threadsafe(arrived.put_nowait, list(chunks))
 
-    work = asyncio.ensure_future(transcribe(request, state, inputs, config, on_segments=on_segments, cancelled=cancelled))
+    work = asyncio.ensure_future(transcribe(request, state, inputs, config, admission_wait_s=admission_wait_s, on_segments=on_segments, cancelled=cancelled))
     try:
         while not work.done():
             getter = asyncio.ensure_future(arrived.get())

@@ -90,7 +90,7 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """``uvicorn server:app`` in a subprocess on a free loopback port."""
+    """``python -m server`` (what ``make serve`` runs) in a subprocess on a free loopback port."""
 
     def __init__(self, env: dict[str, str], startup_timeout: float = 300.0):
         self.port = free_port()
@@ -100,7 +100,7 @@ class LiveServer:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         self._log = self.log_path.open("w")
         self.startup_health: list[int] = []  # /health status codes seen while the server started
-        self.process = subprocess.Popen([sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(self.port)], cwd=REPO_DIR, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(self.port)], cwd=REPO_DIR, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -63,7 +63,7 @@ def live(start_server):
 
 @pytest.fixture(scope="module")
 def guarded(start_server):
-    return start_server({**SHARED_CPU, "API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "MAX_UPLOAD_BYTES": "1000000", "MAX_AUDIO_SECONDS": "10", "MAX_QUEUE_DEPTH": "0"})
+    return start_server({**SHARED_CPU, "API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "MAX_UPLOAD_BYTES": "1000000", "MAX_AUDIO_SECONDS": "10", "MAX_QUEUE_DEPTH": "0", "ADMISSION_WAIT_S": "0"})
 
 
 @pytest.fixture(scope="module")
@@ -298,17 +298,17 @@ def test_openai_bad_fields_name_the_field(live):
         assert field in response.json()["error"]["message"]
 
 
-def test_whisper_tt_request_with_bearer_token_while_a_second_request_finds_the_queue_full(guarded):
+def test_whisper_tt_request_with_bearer_token_while_a_second_request_finds_the_server_full(guarded):
     headers = {"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {API_KEY}"}
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(httpx.post, f"{guarded.url}/audio/transcriptions", json=whisper_tt_payload(CLIP), headers=headers, timeout=TIMEOUT)
         deadline = time.monotonic() + 60
         while metric(guarded, "asr_inferences_in_flight") < 1 and time.monotonic() < deadline and not first.done():
             time.sleep(0.05)
-        # MAX_QUEUE_DEPTH=0 and one worker busy: the next request is refused at once, with a hint.
-        second = httpx.post(f"{guarded.url}/audio/transcriptions", json=whisper_tt_payload(CLIP), headers=headers, timeout=30)
+        # MAX_QUEUE_DEPTH=0, ADMISSION_WAIT_S=0 and one worker busy: the next request is refused at once, with a hint.
+        second = httpx.post(f"{guarded.url}/predict", content=audio_bytes(CLIP), headers={"Content-Type": "audio/flac", "Authorization": f"Bearer {API_KEY}"}, timeout=30)
         response = first.result()
-    assert second.status_code == 503 and int(second.headers["Retry-After"]) > 0 and second.json()["error"]["type"] == "queue_full"
+    assert second.status_code == 503 and int(second.headers["Retry-After"]) > 0 and second.json()["error_type"] == "queue_full"
     assert response.status_code == 200, response.text
     body = response.json()
     assert_transcribes(body["text"], CLIP)  # whisper_tt reads "text"

@@ -311,17 +311,22 @@ async def test_upload_limit_413():
     assert declared.status_code == streamed.status_code == 413 and streamed.json()["error_type"] == "payload_too_large"
 
 
-async def test_queue_full_is_503_with_retry_after_and_a_held_request_finishes():
+async def test_a_full_server_answers_503_after_the_admission_wait_while_whisper_tt_waits_its_turn():
     hold = threading.Event()
     handler = FakeHandler(hold=hold)
-    async with serving(handler, max_queue_depth=0) as server:
+    async with serving(handler, max_queue_depth=0, admission_wait_s=0.2) as server:
         first = asyncio.ensure_future(server.client.post("/predict", content=FLAC, headers={"Content-Type": "audio/flac"}))
         await asyncio.to_thread(handler.started.wait, 10)
-        second = await server.client.post("/audio/transcriptions", json=whisper_tt_body())
+        refused = await server.client.post("/predict", content=FLAC, headers={"Content-Type": "audio/flac"})
+        # lmms-eval's whisper_tt turns a 503 into an empty transcript: its route waits (TT_ADMISSION_WAIT_S).
+        waiting = asyncio.ensure_future(server.client.post("/audio/transcriptions", json=whisper_tt_body()))
+        await asyncio.sleep(0.5)
+        assert not waiting.done() and await server.metric("asr_admission_waiting") == 1
         hold.set()
-        response = await first
-    assert second.status_code == 503 and int(second.headers["Retry-After"]) > 0 and second.json()["error"]["type"] == "queue_full"
-    assert response.status_code == 200
+        served, tt = await first, await waiting
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0 and refused.json()["error_type"] == "queue_full"
+    assert "after waiting 0.2 s" in refused.json()["error"]
+    assert served.status_code == tt.status_code == 200 and tt.json()["text"]
 
 
 async def test_models_loading_then_failed_load_without_secrets():

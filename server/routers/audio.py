@@ -9,10 +9,10 @@ from fastapi.responses import Response
 from config import Task
 from errors import UnsupportedMediaType
 from server.bodies import media_type
-from server.dependencies import ServerState, admitted, get_state, ready_handler, require_api_key
+from server.dependencies import ServerState, get_state, ready_handler, require_api_key
 from server.routers import openai, tt
 
-router = APIRouter(dependencies=[Depends(require_api_key), Depends(ready_handler), Depends(admitted)])
+router = APIRouter(dependencies=[Depends(require_api_key), Depends(ready_handler)])
 
 BODY_DOC = {"requestBody": {"content": {"multipart/form-data": {"schema": openai.FORM_SCHEMA}, "application/json": {"schema": tt.TTTranscriptionRequest.model_json_schema()}}}}
 

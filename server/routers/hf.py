@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 from config import InferenceConfig
 from errors import InvalidParameters, UnsupportedMediaType
 from server.bodies import media_type, parse_json, query_parameters, read_form, read_json
-from server.dependencies import ServerState, admitted, get_state, ready_handler, require_api_key
+from server.dependencies import ServerState, get_state, ready_handler, require_api_key
 from server.transcription import transcribe
 
-router = APIRouter(dependencies=[Depends(require_api_key), Depends(ready_handler), Depends(admitted)])
+router = APIRouter(dependencies=[Depends(require_api_key), Depends(ready_handler)])
 
 BODY_DOC = {
     "requestBody": {

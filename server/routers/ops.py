@@ -13,9 +13,11 @@ guarded = APIRouter(dependencies=[Depends(require_api_key)])
 
 
 @router.head("/health", include_in_schema=False)  # load balancers probe with HEAD
-@router.get("/health", summary="Readiness: 503 while the models load, 200 when ready (no auth).")
+@router.get("/health", summary="Readiness: 503 while the models load or the server shuts down, 200 when ready (no auth).")
 async def health(state: ServerState = Depends(get_state)) -> JSONResponse:
     host = state.host
+    if state.admission.draining:  # SIGTERM received: load balancers should stop sending requests here
+        return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": str(state.settings.retry_after_seconds)})
     if host.handler is not None:
         return JSONResponse({"status": "ok"})
     if host.error:

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
+from audio import TARGET_SAMPLING_RATE
 from errors import UnsupportedMediaType
 from server.bodies import media_type, read_form, validated
-from server.dependencies import ServerState, admitted, get_state, ready_handler, require_api_key
+from server.dependencies import ServerState, get_state, ready_handler, require_api_key
 from voiceprints import EnrolledSpeaker
 
 router = APIRouter(prefix="/v1/speakers", tags=["speakers"], dependencies=[Depends(require_api_key)])
@@ -40,14 +41,15 @@ class DeletedSpeaker(BaseModel):
 ENROLL_DOC = {"requestBody": {"content": {"multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}, **EnrollForm.model_json_schema()["properties"]}, "required": ["file", "name"]}}}}}
 
 
-@router.post("", status_code=201, summary="Enroll (or re-enroll) a speaker: multipart 'name' + 'file' (2-10 s of their voice).", openapi_extra=ENROLL_DOC, dependencies=[Depends(admitted)])
+@router.post("", status_code=201, summary="Enroll (or re-enroll) a speaker: multipart 'name' + 'file' (2-10 s of their voice).", openapi_extra=ENROLL_DOC)
 async def enroll(request: Request, state: ServerState = Depends(get_state), handler: Any = Depends(ready_handler)) -> EnrolledSpeaker:
     if media_type(request) != "multipart/form-data":
         raise UnsupportedMediaType(f"unsupported Content-Type {media_type(request)!r}: send multipart/form-data with 'name' and 'file'")
     audio, fields = await read_form(request)
     form = validated(EnrollForm, fields)
-    # Embedding the reference is model work: it runs on the inference workers like a transcription.
-    return await state.queue.run(handler.enroll_speaker, form.name, audio)
+    # Embedding the reference is model work: admitted and run on the inference workers like a transcription.
+    async with state.admission.admit_audio(audio, TARGET_SAMPLING_RATE, state.settings.admission_wait_s):
+        return await state.queue.run(handler.enroll_speaker, form.name, audio)
 
 
 @router.get("", summary="The enrolled speakers (names, embedding model, enrolment time; never the voiceprints).")

@@ -46,8 +46,9 @@ async def handle(request: Request, state: ServerState, task: Task) -> Response:
     config = body.inference_config(task)
     try:
         if body.stream:
-            return await stream_response(request, state, body.file, config, NDJSONText(body.perform_diarization), media_type="application/x-ndjson")
-        response = await transcribe(request, state, body.file, config)
+            return await stream_response(request, state, body.file, config, NDJSONText(body.perform_diarization), media_type="application/x-ndjson",
+                                         admission_wait_s=state.settings.tt_admission_wait_s)
+        response = await transcribe(request, state, body.file, config, admission_wait_s=state.settings.tt_admission_wait_s)
     except AudioDecodeError as error:
         raise naming_file(error) from None
     return JSONResponse(render.tt(response, body.perform_diarization))

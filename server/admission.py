@@ -1,0 +1,135 @@
+"""Admission: which requests may hold audio in memory and wait for the model, decided by what they
+cost (seconds of audio) rather than by how many they are.
+
+A request is admitted once its body is in and its duration known (from the header: nothing decoded
+yet). Admitted requests together hold at most ``MAX_AUDIO_SECONDS_IN_FLIGHT`` seconds of audio and
+number at most ``inference_workers + MAX_QUEUE_DEPTH``; the rest wait, first come first served, for
+``ADMISSION_WAIT_S`` (the tt-media-server route, whose client cannot retry, ``TT_ADMISSION_WAIT_S``),
+then get 503 + Retry-After. A file longer than the whole budget is refused at once (413). Memory thus
+follows the budget: 16 kHz float32 is 64 KB per second, plus each stage's working memory.
+
+On SIGTERM (``drain``) nothing new is admitted, waiting requests get 503, and requests still running
+when the grace period ends are stopped and answered 503 (``shutting_down``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import audio
+from errors import AudioTooLong, QueueFull, ServiceUnavailable
+from server.metrics import Metrics
+
+# A file whose container declares no duration (streamed webm, raw ADTS) is charged as if coded at
+# 16 kbps, below what any speech codec setting users send: an upper bound on its length.
+UNDECLARED_BYTES_PER_SECOND = 2000
+
+
+def audio_cost(inputs: Any, sampling_rate: int, budget_seconds: float) -> float:
+    """The seconds of audio a request will hold once decoded, read without decoding it."""
+    seconds = audio.probe_duration(inputs, sampling_rate)
+    if seconds is None:
+        seconds = min(len(inputs) / UNDECLARED_BYTES_PER_SECOND, budget_seconds) if isinstance(inputs, bytes) else 0.0
+    return seconds
+
+
+class Admission:
+    def __init__(self, max_requests: int, max_audio_seconds: float, retry_after_seconds: int, metrics: Metrics | None = None):
+        self.max_requests = max_requests
+        self.max_audio_seconds = max_audio_seconds
+        self.retry_after = retry_after_seconds
+        self.requests = 0  # admitted now; all state is touched on the event loop only
+        self.audio_seconds = 0.0
+        self._waiting: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        self.draining = False
+        self.shutting_down = asyncio.Event()  # set when the grace period is over: running requests stop
+        if metrics is not None:
+            metrics.watch_admission(lambda: self.audio_seconds, lambda: len(self._waiting))
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def admit_audio(self, inputs: Any, sampling_rate: int, wait_s: float) -> contextlib.AbstractAsyncContextManager[None]:
+        """``admit`` for a request carrying ``inputs`` (file bytes, base64, sample arrays)."""
+        return self.admit(audio_cost(inputs, sampling_rate, self.max_audio_seconds), wait_s)
+
+    @contextlib.asynccontextmanager
+    async def admit(self, seconds: float, wait_s: float) -> AsyncIterator[None]:
+        """Hold ``seconds`` of the budget for the body of the ``async with``."""
+        if seconds > self.max_audio_seconds:
+            raise AudioTooLong(f"the audio lasts {seconds:.0f} s, more than this server admits at once ({self.max_audio_seconds:.0f} s, MAX_AUDIO_SECONDS_IN_FLIGHT)")
+        if self.draining:
+            raise self._shutting_down_error()
+        if not self._waiting and self._fits(seconds):
+            self._take(seconds)
+        else:
+            await self._wait_for_turn(seconds, wait_s)
+        try:
+            yield
+        finally:
+            self.requests -= 1
+            self.audio_seconds -= seconds
+            self._admit_waiting()
+
+    async def _wait_for_turn(self, seconds: float, wait_s: float) -> None:
+        if wait_s <= 0 or len(self._waiting) >= self.max_requests:
+            raise self._busy_error(seconds)
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (seconds, turn)
+        self._waiting.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(turn), wait_s)
+        except ServiceUnavailable:
+            raise  # drained while waiting (``drain`` emptied the line)
+        except BaseException as error:  # the wait ran out, or the caller was cancelled (client gone)
+            if turn.done() and not turn.cancelled():  # admitted just as the wait ended: give the place back
+                self.requests -= 1
+                self.audio_seconds -= seconds
+            else:
+                turn.cancel()
+                self._waiting.remove(entry)
+            self._admit_waiting()  # the head may have left: whoever is next may fit now
+            if isinstance(error, TimeoutError):
+                raise self._busy_error(seconds, waited=wait_s) from None
+            raise
+
+    def _fits(self, seconds: float) -> bool:
+        # An empty server admits anything within the budget; otherwise both limits hold.
+        return self.requests == 0 or (self.requests < self.max_requests and self.audio_seconds + seconds <= self.max_audio_seconds)
+
+    def _take(self, seconds: float) -> None:
+        self.requests += 1
+        self.audio_seconds += seconds
+
+    def _admit_waiting(self) -> None:
+        # First come, first served: a long file at the head is not overtaken by short ones forever.
+        while self._waiting and self._fits(self._waiting[0][0]):
+            seconds, turn = self._waiting.popleft()
+            if not turn.done():
+                self._take(seconds)
+                turn.set_result(None)
+
+    def drain(self) -> None:
+        """Stop admitting; whoever waits is told to go elsewhere."""
+        self.draining = True
+        while self._waiting:
+            _, turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_exception(self._shutting_down_error())
+
+    def stop_running(self) -> None:
+        """The grace period is over: requests still running are stopped and answered 503."""
+        self.shutting_down.set()
+
+    def _busy_error(self, seconds: float, waited: float = 0.0) -> QueueFull:
+        after = f" after waiting {waited:g} s" if waited else ""
+        return QueueFull(f"the server is busy{after} ({self.requests} requests holding {self.audio_seconds:.0f} s of audio, {len(self._waiting)} waiting; "
+                         f"this request needs {seconds:.0f} s of the {self.max_audio_seconds:.0f} s budget); retry later", self.retry_after)
+
+    def _shutting_down_error(self) -> ServiceUnavailable:
+        return ServiceUnavailable("the server is shutting down; retry (another replica will take the request)", self.retry_after)
