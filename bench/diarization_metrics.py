@@ -3,6 +3,10 @@ speaker-attributed WER (cpWER) of the whole system on the 2-speaker call, by mer
 
     python bench/diarization_metrics.py [--threads 1] [--skip-asr]
 
+Each item is diarized as the endpoint diarizes it (``handler.Handler``): ``vad.detect_speech`` finds
+the speech regions (Silero, the handler's arguments), ``speech_diarization.diarize_speech`` diarizes
+only those (joined, through ``Diarizer.diarize``) and maps the turns back to the file's timeline.
+
 DER: pyannote.metrics, overlap scored, collar 0 and 0.25 s, inside each item's UEM (whole file
 otherwise). cpWER: meeteval, both sides normalized with Whisper's English normalizer, against
 ``pyannote_sample.stm`` and the 3-speaker clip's speaker-tagged words. Merges compared on the same ASR output and the same diarization:
@@ -33,8 +37,7 @@ class StageTimer:
     STAGES = {"segmentation": "segmentation", "speaker_counting": "segmentation", "embeddings": "embedding", "discrete_diarization": "clustering + reconstruction"}
 
     def __init__(self) -> None:
-        self.totals = {name: 0.0 for name in dict.fromkeys(self.STAGES.values())}
-        self.totals["output"] = 0.0
+        self.totals = {"vad": 0.0, **{name: 0.0 for name in dict.fromkeys(self.STAGES.values())}, "output": 0.0}
 
     def start(self):
         self.last = time.process_time()
@@ -49,6 +52,23 @@ class StageTimer:
 
     def stop(self) -> None:
         self.totals["output"] += time.process_time() - self.last
+
+
+class TimedPipeline:
+    """The diarization pipeline, called exactly as ``Diarizer.diarize`` calls it, with ``timer``'s
+    hook timing its stages (everything else is passed through)."""
+
+    def __init__(self, pipeline, timer: StageTimer) -> None:
+        self.pipeline, self.timer = pipeline, timer
+
+    def __call__(self, file, **kwargs):
+        try:
+            return self.pipeline(file, hook=self.timer.start(), **kwargs)
+        finally:
+            self.timer.stop()
+
+    def __getattr__(self, name: str):
+        return getattr(self.pipeline, name)
 
 
 def blog_merge(chunks, turns) -> list[tuple[str, str]]:
@@ -104,36 +124,42 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from pyannote.core import Annotation, Segment
 
     from config import InferenceConfig, ModelSettings
-    from diarization_utils import Diarizer, annotation_to_segments, as_annotation, merge_speakers
-    from tune_diarization import der, dev_items
+    from diarization_utils import Diarizer, merge_speakers
+    from speech_diarization import diarize_speech
+    from tune_diarization import as_hypothesis, der, dev_items
+    from vad import detect_speech
 
     torch.set_num_threads(args.threads)
     settings = ModelSettings(_env_file=None, asr_model=args.asr_model, diarization_model=args.pipeline, device="cpu")
-    diarizer = Diarizer.load(settings, REPO_DIR)
-    diarizer.diarize(np.zeros(16000 * 2, dtype=np.float32))  # warm-up, not timed
+    loaded = Diarizer.load(settings, REPO_DIR)
+    stage_seconds = StageTimer()
+    diarizer = Diarizer(TimedPipeline(loaded.pipeline, stage_seconds), loaded.name)
 
-    print(f"pipeline {args.pipeline}: {diarizer.pipeline.parameters(instantiated=True)}; torch threads {args.threads}")
-    print(f"{'item':30} {'dur s':>6} {'ref spk':>7} {'hyp spk':>7} {'DER c0':>7} {'DER c.25':>8} {'miss':>6} {'FA':>6} {'conf':>6} {'wall s':>7} {'cpu s':>6}")
+    def speaker_turns(samples: np.ndarray) -> list:
+        """What the handler runs for a diarized request without speaker constraints."""
+        return diarize_speech(diarizer, samples, detect_speech(samples))
+
+    items = dev_items(args.data_dir)
+    speaker_turns(items[0].samples[0].numpy())  # warm-up, not timed
+    stage_seconds.__init__()
+
+    print(f"pipeline {args.pipeline}: {loaded.pipeline.parameters(instantiated=True)}; torch threads {args.threads}")
+    print(f"{'item':30} {'dur s':>6} {'speech':>6} {'ref spk':>7} {'hyp spk':>7} {'DER c0':>7} {'DER c.25':>8} {'miss':>6} {'FA':>6} {'conf':>6} {'wall s':>7} {'cpu s':>6}")
     audio_seconds = wall_seconds = cpu_seconds = 0.0
     totals = {0.0: [0.0, 0.0], 0.25: [0.0, 0.0]}
-    stage_seconds = StageTimer()
     counted = 0
-    for item in dev_items(args.data_dir):
+    for item in items:
+        samples = item.samples[0].numpy()
         wall, cpu = time.perf_counter(), time.process_time()
-        # what Diarizer.diarize runs, with pyannote's hook timing each stage
-        with torch.inference_mode():
-            output = diarizer.pipeline({"waveform": item.samples, "sample_rate": 16000}, hook=stage_seconds.start())
-        turns = annotation_to_segments(as_annotation(output))
+        regions = detect_speech(samples)  # handler.Handler: the VAD first, its regions to diarization
+        stage_seconds.totals["vad"] += time.process_time() - cpu
+        turns = diarize_speech(diarizer, samples, regions)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        stage_seconds.stop()
-        duration = item.samples.shape[-1] / 16000
+        duration = len(samples) / 16000
         audio_seconds, wall_seconds, cpu_seconds = audio_seconds + duration, wall_seconds + wall, cpu_seconds + cpu
-        hypothesis = Annotation(uri=item.id)
-        for turn in turns:
-            hypothesis[Segment(turn.start, turn.end), len(hypothesis)] = turn.speaker
+        hypothesis = as_hypothesis(item.id, turns)
         rates = {}
         for collar in totals:
             rates[collar], components = der(item, hypothesis, collar)
@@ -142,17 +168,20 @@ def main() -> None:
         _, c0 = der(item, hypothesis, 0.0)
         shares = [c0[k] / c0["total"] if c0["total"] else float("nan") for k in ("missed detection", "false alarm", "confusion")]
         counted += len(item.reference.labels()) > 0 and len(item.reference.labels()) == len(hypothesis.labels())
-        print(f"{item.id:30} {duration:6.1f} {len(item.reference.labels()):7d} {len(hypothesis.labels()):7d} {rates[0.0]:7.3f} {rates[0.25]:8.3f} {shares[0]:6.3f} {shares[1]:6.3f} {shares[2]:6.3f} {wall:7.2f} {cpu:6.2f}")
-    print(f"{'aggregate (all items)':30} {audio_seconds:6.1f} {'':7} {'':7} {totals[0.0][0] / totals[0.0][1]:7.3f} {totals[0.25][0] / totals[0.25][1]:8.3f}")
-    with_reference = sum(1 for item in dev_items(args.data_dir) if item.reference.labels())
+        speech = sum(r.end - r.start for r in regions)
+        print(f"{item.id:30} {duration:6.1f} {speech:6.1f} {len(item.reference.labels()):7d} {len(hypothesis.labels()):7d} {rates[0.0]:7.3f} {rates[0.25]:8.3f} {shares[0]:6.3f} {shares[1]:6.3f} {shares[2]:6.3f} {wall:7.2f} {cpu:6.2f}")
+    print(f"{'aggregate (all items)':30} {audio_seconds:6.1f} {'':6} {'':7} {'':7} {totals[0.0][0] / totals[0.0][1]:7.3f} {totals[0.25][0] / totals[0.25][1]:8.3f}")
+    with_reference = sum(1 for item in items if item.reference.labels())
     print(f"right speaker count on {counted} of {with_reference} items with speakers")
-    print(f"diarization speed: {60 * wall_seconds / audio_seconds:.1f} s wall and {60 * cpu_seconds / audio_seconds:.1f} s CPU per minute of audio (RTF {wall_seconds / audio_seconds:.3f})")
+    print(f"diarization speed (VAD included): {60 * wall_seconds / audio_seconds:.2f} s wall and {60 * cpu_seconds / audio_seconds:.2f} s CPU per minute of audio (RTF {wall_seconds / audio_seconds:.3f})")
     print("  CPU per minute of audio by stage: " + ", ".join(f"{name} {60 * seconds / audio_seconds:.2f} s" for name, seconds in stage_seconds.totals.items()))
+    other = cpu_seconds - sum(stage_seconds.totals.values())
+    print(f"  (the rest, joining speech and mapping turns back: {60 * other / audio_seconds:.2f} s)")
 
     from audio import load_audio
 
     pico = load_audio((args.data_dir / "diarization" / "audio" / "picovoice_diarization_test.wav").read_bytes()).samples
-    print(f"picovoice_diarization_test (3 speakers, no RTTM): {len({t.speaker for t in diarizer.diarize(pico)})} speakers found")
+    print(f"picovoice_diarization_test (3 speakers, no RTTM): {len({t.speaker for t in speaker_turns(pico)})} speakers found")
 
     if args.skip_asr:
         return
@@ -161,7 +190,7 @@ def main() -> None:
     transcriber = WhisperTranscriber(settings, REPO_DIR)
     for item_id, reference in speaker_references(args.data_dir).items():
         samples = load_audio((args.data_dir / "diarization" / "audio" / f"{item_id}.wav").read_bytes()).samples
-        turns = diarizer.diarize(samples)
+        turns = speaker_turns(samples)
         transcript = transcriber.transcribe(samples, InferenceConfig(language="en"), want_words=True)
         word_turns, _, _ = merge_speakers(transcript, turns)
         chunk_turns, _, _ = merge_speakers(transcript.model_copy(update={"words": None}), turns)

@@ -54,6 +54,18 @@ def pipeline_config(params: dict = PIPELINE_PARAMS) -> dict:
     }
 
 
+def refresh_config(output: Path) -> bool:
+    """Rewrite a built pipeline's ``config.yaml`` when it is not what this code writes (e.g.
+    ``TUNED_PARAMETERS`` changed since the build: the file's values would win); the weights stay.
+    True when it was rewritten."""
+    path = output / "config.yaml"
+    wanted = pipeline_config()
+    if path.exists() and yaml.safe_load(path.read_text()) == wanted:
+        return False
+    path.write_text(yaml.safe_dump(wanted, sort_keys=False))
+    return True
+
+
 def save_campplus_checkpoint(state_dict_path: Path, output: Path) -> None:
     """Load 3D-Speaker's state dict strictly into ``CAMPPlus`` and save it as a pyannote checkpoint."""
     from speaker_embedding import CAMPPlus

@@ -140,6 +140,15 @@ def build_pyannote_diarization(output: Path, cache: Path) -> None:
     build(output, cache)
 
 
+def refresh_pyannote_diarization_config(output: Path) -> bool:
+    from build_diarization import refresh_config
+
+    return refresh_config(output)
+
+
+# Models whose configuration comes from the code: rewritten when it changed, without a rebuild.
+CONFIG_REFRESHERS: dict[str, Callable[[Path], bool]] = {"pyannote-diarization": refresh_pyannote_diarization_config}
+
 BUILDERS: dict[str, Callable[[Path, Path], None]] = {
     "whisper-base": build_whisper_base,
     "whisper-tiny.en": build_whisper_tiny_en,
@@ -151,7 +160,11 @@ def materialize(name: str, models_dir: Path = DEFAULT_MODELS_DIR, force: bool = 
     """Build model ``name`` under ``models_dir`` unless an intact copy is already there."""
     output = models_dir / name
     if not force and checksums_match(output):
-        print(f"{name}: up to date ({output})")
+        if name in CONFIG_REFRESHERS and CONFIG_REFRESHERS[name](output):
+            write_checksums(output)
+            print(f"{name}: configuration rewritten from the code ({output})")
+        else:
+            print(f"{name}: up to date ({output})")
         return output
     print(f"{name}: building in {output}")
     if output.exists():
