@@ -1,14 +1,25 @@
-"""Cost per request on hostile and heavy inputs (issue 13): each scenario runs in its own process
-with the handler as ``make serve`` loads it (Whisper base on CTranslate2 + the offline pyannote
-pipeline) and prints one JSON line: wall time, the process's RSS after loading (base) and its peak
-while the request ran (sampled every 20 ms), and what the handler answered.
+"""Cost per request on hostile and heavy inputs (issue 13), one JSON line per scenario.
 
-    python -m bench.stress [--scenarios one-hertz,silence,speech] [--silence-hours 4] [--speech-hours 4]
+    python -m bench.stress [--scenarios one-hertz,silence,speech,tt-burst,slowloris,concurrent-long] [--silence-hours 4] [--speech-hours 4]
+
+Handler scenarios run in their own process with the handler as ``make serve`` loads it (Whisper base
+on CTranslate2 + the offline pyannote pipeline) and report wall time, the process's RSS after loading
+(base) and its peak while the request ran (sampled every 20 ms), and what the handler answered:
 
 - ``one-hertz``: a 28 KB WAV declaring 1 Hz (14,000 s once resampled to 16 kHz): must be refused at once.
 - ``silence``: a FLAC of digital silence, diarization on: must cost seconds, whatever its length.
 - ``speech``: the dev clips (asr_short, asr_long, diarization) concatenated to the length asked for,
   diarization on: peak RSS and wall time per audio hour.
+
+Server scenarios start ``python -m server`` on the same models and act as its clients:
+
+- ``tt-burst``: ``--tt-requests`` (300) whisper_tt requests at once, as lmms-eval sends them: how many
+  were answered (a 503 is an item lost to whisper_tt).
+- ``slowloris``: 17 uploads trickling a byte every 0.5 s while 8 normal clients send a clip: the
+  normal clients' statuses and latency, the trickling ones' answer (``BODY_READ_TIMEOUT_S=10``).
+- ``concurrent-long``: ``--concurrent`` (8) files of ``--concurrent-hours`` of speech at once,
+  diarized, with ``MAX_AUDIO_SECONDS_IN_FLIGHT`` = ``--budget-hours``: each file's status and the
+  server's peak RSS.
 
 Figures are only comparable on an otherwise idle machine: the load average is printed with each.
 """
@@ -16,23 +27,32 @@ Figures are only comparable on an otherwise idle machine: the load average is pr
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import psutil
 import soundfile
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("ASR_DATA_DIR", REPO_DIR.parent / "shared" / "data"))
-SCENARIOS = ("one-hertz", "silence", "speech")
+HANDLER_SCENARIOS = ("one-hertz", "silence", "speech")
+SERVER_SCENARIOS = ("tt-burst", "slowloris", "concurrent-long")
+SCENARIOS = HANDLER_SCENARIOS + SERVER_SCENARIOS
 BLOCK_S = 600  # seconds written per block: the files are built without holding them as float arrays
 
 
@@ -41,6 +61,10 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--silence-hours", type=float, default=4.0)
     parser.add_argument("--speech-hours", type=float, default=4.0)
+    parser.add_argument("--tt-requests", type=int, default=300)
+    parser.add_argument("--concurrent", type=int, default=8)
+    parser.add_argument("--concurrent-hours", type=float, default=0.5)
+    parser.add_argument("--budget-hours", type=float, default=1.0, help="MAX_AUDIO_SECONDS_IN_FLIGHT for concurrent-long, in hours")
     parser.add_argument("--child", nargs=2, metavar=("SCENARIO", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -50,6 +74,9 @@ def main() -> None:
         for scenario in args.scenarios.split(","):
             if scenario not in SCENARIOS:
                 parser.error(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+            if scenario in SERVER_SCENARIOS:
+                print(json.dumps(run_server_scenario(scenario, args, Path(tmp)) | {"load_average": [round(x, 2) for x in os.getloadavg()]}), flush=True)
+                continue
             path = Path(tmp) / f"{scenario}.audio"
             hours = {"silence": args.silence_hours, "speech": args.speech_hours}.get(scenario, 0.0)
             path.write_bytes(build_input(scenario, hours))
@@ -134,6 +161,139 @@ def run_child(scenario: str, file: str) -> dict:
     if outcome.get("duration"):
         row["wall_s_per_audio_hour"] = round(wall / (outcome["duration"] / 3600), 1)
     return row
+
+
+# --- server scenarios ------------------------------------------------------------------------------
+
+SHORT_CLIP = "librispeech/dev-clean/1272-141231-0000.flac"  # 4.65 s
+
+
+def run_server_scenario(scenario: str, args: argparse.Namespace, tmp: Path) -> dict:
+    if scenario == "tt-burst":
+        with live_server({}) as (url, _):
+            return {"scenario": scenario} | asyncio.run(tt_burst(url, args.tt_requests))
+    if scenario == "slowloris":
+        with live_server({"BODY_READ_TIMEOUT_S": "10"}) as (url, _):
+            return {"scenario": scenario} | slowloris(url)
+    path = tmp / "long.flac"
+    path.write_bytes(build_input("speech", args.concurrent_hours))
+    env = {"MAX_AUDIO_SECONDS_IN_FLIGHT": str(args.budget_hours * 3600), "MAX_UPLOAD_BYTES": str(2**31)}
+    with live_server(env) as (url, process):
+        row = concurrent_long(url, process, path.read_bytes(), args.concurrent)
+    path.unlink()
+    return {"scenario": scenario, "files": args.concurrent, "hours_each": args.concurrent_hours, "budget_hours": args.budget_hours} | row
+
+
+@contextlib.contextmanager
+def live_server(env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]:
+    """``python -m server`` on ``make serve``'s models, on a free loopback port, until ready."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    models = REPO_DIR / "models"
+    full_env = {**os.environ, "ASR_MODEL": str(models / "whisper-base"), "DIARIZATION_MODEL": str(models / "pyannote-diarization"), "ASSISTANT_MODEL": "", "API_KEY": "", **env}
+    process = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=REPO_DIR, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}")
+            time.sleep(0.5)
+        yield url, psutil.Process(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def whisper_tt_body(path: Path) -> dict:
+    """What lmms-eval's whisper_tt sends: a float32 WAV at 16 kHz, base64, in ``file``."""
+    samples, rate = soundfile.read(path, dtype="float32")
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype="FLOAT")
+    return {"file": base64.b64encode(buffer.getvalue()).decode(), "stream": False}
+
+
+async def tt_burst(url: str, requests: int) -> dict:
+    body = whisper_tt_body(DATA_DIR / "asr_short" / SHORT_CLIP)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as client:
+        responses = await asyncio.gather(*(client.post("/audio/transcriptions", json=body) for _ in range(requests)), return_exceptions=True)
+    wall = time.perf_counter() - started
+    statuses = [r.status_code if isinstance(r, httpx.Response) else type(r).__name__ for r in responses]
+    answered = sum(1 for r in responses if isinstance(r, httpx.Response) and r.status_code == 200 and r.json().get("text"))
+    return {"requests": requests, "answered_with_text": answered, "lost": requests - answered, "statuses": {str(s): statuses.count(s) for s in set(statuses)}, "wall_s": round(wall, 1)}
+
+
+def trickle(url: str, seconds: float = 60.0) -> bytes:
+    """A slowloris upload: headers promising 100 kB, then one byte every 0.5 s, until the server
+    answers and closes the connection (or ``seconds`` pass); returns the reply."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=seconds) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 100000\r\n\r\n")
+        sock.settimeout(0.5)
+        reply = b""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                sock.sendall(b"R")
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:  # reset after the server closed
+                break
+            if not chunk:
+                break
+            reply += chunk
+        return reply
+
+
+def slowloris(url: str, trickling: int = 17, normal: int = 8) -> dict:
+    clip = (DATA_DIR / "asr_short" / SHORT_CLIP).read_bytes()
+
+    def timed_post() -> tuple[int, float]:
+        started = time.perf_counter()
+        response = httpx.post(f"{url}/predict", content=clip, headers={"Content-Type": "audio/flac"}, timeout=600)
+        return response.status_code, time.perf_counter() - started
+
+    with ThreadPoolExecutor(trickling + normal) as pool:
+        slow = [pool.submit(trickle, url) for _ in range(trickling)]
+        time.sleep(1)  # the trickling uploads are in
+        served = [future.result() for future in [pool.submit(timed_post) for _ in range(normal)]]
+        replies = [future.result() for future in slow]
+    slow_statuses = [reply.split(b" ", 2)[1].decode() if reply.startswith(b"HTTP/") else "none" for reply in replies]
+    return {"trickling": trickling, "normal_statuses": sorted(status for status, _ in served), "normal_max_latency_s": round(max(latency for _, latency in served), 2),
+            "trickling_statuses": {s: slow_statuses.count(s) for s in set(slow_statuses)}}
+
+
+def concurrent_long(url: str, process: psutil.Process, data: bytes, files: int) -> dict:
+    base = process.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            with contextlib.suppress(psutil.Error):
+                peak[0] = max(peak[0], process.memory_info().rss)
+
+    def post() -> tuple[int, float]:
+        started = time.perf_counter()
+        response = httpx.post(f"{url}/predict", content=data, params={"diarize": "true"}, headers={"Content-Type": "audio/flac"}, timeout=24 * 3600)
+        return response.status_code, time.perf_counter() - started
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with ThreadPoolExecutor(files) as pool:
+        results = [future.result() for future in [pool.submit(post) for _ in range(files)]]
+    stop.set()
+    sampler.join()
+    statuses = [status for status, _ in results]
+    return {"statuses": {str(s): statuses.count(s) for s in set(statuses)}, "wall_s": [round(seconds, 1) for _, seconds in results],
+            "server_base_rss_gib": round(base / 2**30, 3), "server_peak_rss_gib": round(peak[0] / 2**30, 3), "peak_over_base_gib": round((peak[0] - base) / 2**30, 3)}
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 ``create_app(settings, handler_factory)`` builds it (``server.factory``); ``server:app`` is that app
 on the environment's settings and the real handler, built on first access so importing this package
-loads nothing: ``uvicorn server:app`` (``make serve``). Module map: ``factory`` (app, middleware order,
+loads nothing: ``uvicorn server:app``, or ``python -m server`` (``make serve``: adds graceful shutdown). Module map: ``factory`` (app, middleware order,
 error mapping), ``routers/`` (``hf``, ``audio`` → ``openai`` / ``tt``, ``ops``), ``dependencies``
-(state, auth, readiness, admission), ``inference_queue`` (queue + micro-batcher), ``transcription``
+(state, auth, readiness), ``admission`` (by audio seconds), ``inference_queue`` (queue + micro-batcher), ``transcription``
 (running one request, plain or streamed), ``streaming`` (delta framing), ``render`` (every response
 body), ``bodies`` (reading JSON/multipart), ``middleware``, ``metrics``, ``handler_host``.
 """

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import io
 import signal
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from conftest import TINY_EN_MODEL, load_manifest
 from fake_handler import FakeHandler
 from test_server_app import FLAC, serving, whisper_tt_body
 
+from bench.stress import trickle
 from errors import AudioTooLong, QueueFull, ServiceUnavailable
 from server.admission import Admission
 
@@ -191,29 +191,6 @@ async def test_health_says_draining_once_shutdown_begins():
 # --- python -m server on real models ---------------------------------------------------------------
 
 TINY = {"ASR_MODEL": str(TINY_EN_MODEL), "TORCH_THREADS": "1", "CPU_THREADS": "1"}
-
-
-def trickle(url: str) -> bytes:
-    """A slowloris upload: headers promising 100 kB, then one byte every 0.5 s, until the server
-    answers and closes the connection (or 60 s pass); returns the reply."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 100000\r\n\r\n")
-        sock.settimeout(0.5)
-        reply = b""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                sock.sendall(b"R")
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:  # reset after the server closed
-                break
-            if not chunk:
-                break
-            reply += chunk
-        return reply
 
 
 def test_slow_uploads_hold_no_place_and_time_out_while_normal_clients_are_served(start_server):

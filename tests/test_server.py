@@ -1,4 +1,4 @@
-"""End to end: `uvicorn server:app` on loopback with the real Whisper base model and real audio,
+"""End to end: `python -m server` on loopback with the real Whisper base model and real audio,
 through every route family and the clients that talk to them (httpx, huggingface_hub, openai,
 the exact lmms-eval whisper_tt request), plus auth, limits, every error case and concurrency.
 
