@@ -221,6 +221,12 @@ class EndpointHandler:
     def delete_speaker(self, name: str) -> None:
         self.voiceprints.delete(name)
 
+    def check(self, config: InferenceConfig) -> None:
+        """Raise what this deployment cannot do for ``config`` (ModelNotConfigured,
+        InvalidParameters), before any audio is read: the server asks before admitting a request."""
+        self.transcriber.check(config)
+        self._wants_diarization(config)
+
     def _wants_diarization(self, config: InferenceConfig) -> bool:
         if config.diarize is None:
             # Speaker counts and names imply diarization; otherwise diarize whenever a pipeline is loaded (as the blog's handler).

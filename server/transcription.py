@@ -32,6 +32,8 @@ async def transcribe(request: Request, state: ServerState, inputs: Any, config: 
     to ``admission_wait_s``), on the queue. A client that disconnects, waiting or running, cancels
     its request; when the shutdown grace period ends, a running request is stopped and answered 503."""
     handler = state.host.ready_handler()
+    if hasattr(handler, "check"):  # what the deployment cannot do is said before the audio is looked at
+        handler.check(config)
     if isinstance(inputs, str):  # base64 decoded once, here: the header is read before admission
         inputs = audio.as_file_bytes(inputs)
     cancelled = cancelled or threading.Event()

@@ -224,7 +224,7 @@ def test_eight_concurrent_clients_queue_while_health_answers_fast(live, burst):
     assert metric(live, "asr_requests_total", route="/v1/audio/transcriptions", method="POST", status="200") >= 3
     assert metric(live, "asr_audio_seconds_total", route="/audio/transcriptions") == pytest.approx(CLIP["duration"], abs=0.01)
     assert metric(live, "asr_errors_total", kind="audio_decode_error") >= 2
-    assert metric(live, "asr_inference_duration_seconds_count") >= 10
+    assert metric(live, "asr_inference_duration_seconds_count") >= 8  # the 2 bad files are refused from their header, before the queue
     health = sorted(burst.health_ms)
     assert len(health) >= 10
     print(f"\n8 clients + 2 bad: {burst.elapsed:.1f} s, {8 / burst.elapsed:.2f} req/s; /health over {len(health)} probes: "
