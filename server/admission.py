@@ -87,12 +87,12 @@ class Admission:
         except ServiceUnavailable:
             raise  # drained while waiting (``drain`` emptied the line)
         except BaseException as error:  # the wait ran out, or the caller was cancelled (client gone)
-            if turn.done() and not turn.cancelled():  # admitted just as the wait ended: give the place back
+            if turn.done() and not turn.cancelled() and turn.exception() is None:  # admitted just as the wait ended: give the place back
                 self.requests -= 1
                 self.audio_seconds -= seconds
-            else:
-                turn.cancel()
+            elif entry in self._waiting:
                 self._waiting.remove(entry)
+            turn.cancel()
             self._admit_waiting()  # the head may have left: whoever is next may fit now
             if isinstance(error, TimeoutError):
                 raise self._busy_error(seconds, waited=wait_s) from None
