@@ -34,13 +34,24 @@ def manifest(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference_texts(manifest) -> dict[str, str]:
-    """What one in-process handler with the same settings answers, item by item."""
-    from config import ModelSettings
-    from handler import EndpointHandler
-
-    handler = EndpointHandler(str(REPO_DIR), settings=ModelSettings(_env_file=None, **SETTINGS))
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    return {row["id"]: handler({"inputs": (manifest.parent / row["audio"]).read_bytes()})["text"] for row in rows if row["id"] != "corrupt"}
+    """What one handler with the same settings answers, item by item, in a process with the thread
+    environment Ray gives an actor of one CPU (``OMP_NUM_THREADS=1``): the int8 kernels' results,
+    and so a near-tie word, depend on it."""
+    script = """
+import json, sys
+from pathlib import Path
+from config import ModelSettings
+from handler import EndpointHandler
+settings, manifest = json.loads(sys.argv[1]), Path(sys.argv[2])
+handler = EndpointHandler(sys.argv[3], settings=ModelSettings(_env_file=None, **settings))
+rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+print(json.dumps({row["id"]: handler({"inputs": (manifest.parent / row["audio"]).read_bytes()})["text"] for row in rows if row["id"] != "corrupt"}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO_DIR), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script, json.dumps({**SETTINGS, "cpu_threads": 1, "torch_threads": 1}), str(manifest), str(REPO_DIR)],
+                            cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def batch_command(inputs: list[Path], output: Path, *extra: str) -> list[str]:
