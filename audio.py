@@ -113,8 +113,13 @@ def probe_duration(inputs: Any, sampling_rate: int = TARGET_SAMPLING_RATE) -> fl
 
 
 def _array_frames(array: Any) -> int:
-    shape = np.shape(array) if isinstance(array, np.ndarray) else (len(array), len(array[0])) if len(array) and isinstance(array[0], (list, tuple)) else (len(array),)
-    return max(shape) if len(shape) == 2 else shape[0]  # (channels, samples) or (samples, channels), as from_samples reads it
+    """Samples per channel of a 1-D or 2-D sample array, read as ``from_samples`` reads it
+    ((channels, samples) or (samples, channels): the longer side is time), without copying it."""
+    if isinstance(array, np.ndarray):
+        return max(array.shape) if array.ndim == 2 else len(array)
+    if len(array) and isinstance(array[0], (list, tuple)):
+        return max(len(array), len(array[0]))
+    return len(array)
 
 
 def probe(data: bytes) -> Probe:

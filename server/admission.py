@@ -48,7 +48,7 @@ class Admission:
         self.draining = False
         self.shutting_down = asyncio.Event()  # set when the grace period is over: running requests stop
         if metrics is not None:
-            metrics.watch_admission(lambda: self.audio_seconds, lambda: len(self._waiting))
+            metrics.watch_admission(lambda: self.audio_seconds, lambda: self.waiting)
 
     @property
     def waiting(self) -> int:

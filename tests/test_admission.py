@@ -18,7 +18,7 @@ import pytest
 import soundfile
 from conftest import TINY_EN_MODEL, load_manifest
 from fake_handler import FakeHandler
-from test_server_app import FLAC, serving, whisper_tt_body
+from test_server_app import FLAC, serving, start_held_request, whisper_tt_body
 
 from bench.stress import trickle
 from errors import AudioTooLong, QueueFull, ServiceUnavailable
@@ -145,8 +145,7 @@ async def test_audio_over_the_in_flight_budget_is_413_before_decoding_and_admitt
     handler = FakeHandler(hold=hold)
     async with serving(handler, max_audio_seconds_in_flight=60) as server:
         refused = await server.client.post("/predict", content=wav(61), headers={"Content-Type": "audio/wav"})
-        running = asyncio.ensure_future(server.client.post("/predict", content=FLAC, headers={"Content-Type": "audio/flac"}))
-        await asyncio.to_thread(handler.started.wait, 10)
+        running = await start_held_request(server)
         held = await server.metric("asr_admitted_audio_seconds")
         hold.set()
         assert (await running).status_code == 200
@@ -161,8 +160,7 @@ async def test_not_audio_is_refused_from_its_header_even_when_the_server_is_full
     hold = threading.Event()
     handler = FakeHandler(hold=hold)
     async with serving(handler, max_queue_depth=0, admission_wait_s=0) as server:
-        running = asyncio.ensure_future(server.client.post("/predict", content=FLAC, headers={"Content-Type": "audio/flac"}))
-        await asyncio.to_thread(handler.started.wait, 10)
+        running = await start_held_request(server)
         response = await server.client.post("/audio/transcriptions", json={"file": base64.b64encode(b"not audio at all" * 10).decode()})
         hold.set()
         await running

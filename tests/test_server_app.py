@@ -63,6 +63,13 @@ class Server:
         return 0.0
 
 
+async def start_held_request(server: Server) -> "asyncio.Future[httpx.Response]":
+    """A /predict request, returned once the fake handler runs it (it then waits for its ``hold``)."""
+    running = asyncio.ensure_future(server.client.post("/predict", content=FLAC, headers={"Content-Type": "audio/flac"}))
+    await asyncio.to_thread(server.handler.started.wait, 10)
+    return running
+
+
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
 
@@ -315,8 +322,7 @@ async def test_a_full_server_answers_503_after_the_admission_wait_while_whisper_
     hold = threading.Event()
     handler = FakeHandler(hold=hold)
     async with serving(handler, max_queue_depth=0, admission_wait_s=0.2) as server:
-        first = asyncio.ensure_future(server.client.post("/predict", content=FLAC, headers={"Content-Type": "audio/flac"}))
-        await asyncio.to_thread(handler.started.wait, 10)
+        first = await start_held_request(server)
         refused = await server.client.post("/predict", content=FLAC, headers={"Content-Type": "audio/flac"})
         # lmms-eval's whisper_tt turns a 503 into an empty transcript: its route waits (TT_ADMISSION_WAIT_S).
         waiting = asyncio.ensure_future(server.client.post("/audio/transcriptions", json=whisper_tt_body()))
