@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from asr import Request, build_transcriber
-from audio import TARGET_SAMPLING_RATE, Audio, load_audio
+from audio import TARGET_SAMPLING_RATE, Audio, as_float32, load_audio
 from config import InferenceConfig, ModelSettings, Timestamps, check_speaker_name
 from diarization_utils import Diarizer, mark_overlaps, merge_speakers
 from errors import AudioDecodeError, InvalidParameters, ModelNotConfigured
+from memory import release_freed_memory
 from schemas import Chunk, SpeakerMatch, SpeakerSegment, Transcript, TranscriptionResponse
 from speaker_id import SpeakerEmbedder, match_speakers, rename_speakers
 from speech_diarization import diarize_speech, embedding_inference
@@ -32,8 +33,13 @@ from voiceprints import EnrolledSpeaker, Voiceprint, VoiceprintStore
 # of ASR's time): a file with no speech at all is answered without decoding or diarizing it.
 SPEECH_CHECK_MIN_S = 30.0
 # Longer audio is transcribed in sections cut in pauses, one after another: the ASR backend's own
-# copies (VAD padding, speech chunks, features) then scale with a section, not with the file.
-SECTION_S = 1200.0
+# copies (VAD padding, speech chunks, features) then scale with a section, not with the file. Such
+# audio is also diarized after its transcription instead of beside it, so that the two stages'
+# working memory does not add up.
+SECTION_S = 600.0
+# On CPU a section decodes at most this many windows at once: each window's decoder state costs tens
+# of MB of host memory, and beyond a few windows a bigger batch gains little speed on CPU.
+CPU_SECTION_BATCH_SIZE = 8
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ OnSegments = Callable[[list[Chunk]], None]
 
 @dataclass
 class _Prepared:
-    """A request whose audio is decoded and whose diarization (if any) runs, waiting for ASR."""
+    """A request whose audio is decoded and whose diarization (if any) runs or waits for its ASR."""
 
     index: int
     audio: Audio
@@ -53,6 +59,7 @@ class _Prepared:
     regions: list[SpeechRegion] | None
     on_segments: OnSegments | None = None
     cancelled: threading.Event | None = None
+    known: list[Voiceprint] = field(default_factory=list)
     transcript: Transcript | Exception | None = field(default=None)
 
 
@@ -103,18 +110,21 @@ class EndpointHandler:
                 continue
             timings = {"decode_audio": time.perf_counter() - item_started}
             regions = None
+            long = audio.duration > SECTION_S
             if diarize or audio.duration >= SPEECH_CHECK_MIN_S:
                 vad_started = time.perf_counter()
                 regions = detect_speech(audio.samples)
+                if long:
+                    release_freed_memory()
                 timings["vad"] = time.perf_counter() - vad_started
-            turns_future = self._diarize(audio, regions, config, known) if diarize else None
+            turns_future = self._diarize(audio, regions, config, known) if diarize and not (long and regions) else None
             if regions == []:  # no speech: nothing to decode
                 results[index] = self._respond(audio, config, no_speech(config, diarize), turns_future, timings, started)
                 continue
-            prepared.append(_Prepared(index, audio, config, diarize, turns_future, timings, regions, on_segments, cancelled))
+            prepared.append(_Prepared(index, audio, config, diarize, turns_future, timings, regions, on_segments, cancelled, known))
         short = [item for item in prepared if item.audio.duration <= SECTION_S]
         asr_started = time.perf_counter()
-        transcripts = self.transcriber.transcribe_batch([Request(p.audio.samples, p.config, p.diarize, p.on_segments, p.cancelled) for p in short]) if short else []
+        transcripts = self.transcriber.transcribe_batch([Request(as_float32(p.audio.samples), p.config, p.diarize, p.on_segments, p.cancelled) for p in short]) if short else []
         for item, transcript in zip(short, transcripts):
             item.transcript, item.timings["asr"] = transcript, time.perf_counter() - asr_started
         for item in prepared:
@@ -122,6 +132,8 @@ class EndpointHandler:
                 asr_started = time.perf_counter()
                 item.transcript = self._transcribe_sections(item)
                 item.timings["asr"] = time.perf_counter() - asr_started
+                if item.diarize and item.turns_future is None and not isinstance(item.transcript, Exception):
+                    item.turns_future = self._diarize(item.audio, item.regions, item.config, item.known)
         for item in prepared:
             try:
                 if isinstance(item.transcript, Exception):
@@ -132,14 +144,18 @@ class EndpointHandler:
         return results  # type: ignore[return-value]
 
     def _transcribe_sections(self, item: "_Prepared") -> Transcript | Exception:
-        """One long audio, section by section (views of its samples, no copies); the language
+        """One long audio, section by section (a float32 copy of one section at a time); the language
         detected in the first section holds for the rest, as for an unsectioned file."""
         parts: list[Transcript] = []
         config = item.config
+        if not self.settings.resolved_device().startswith("cuda"):
+            config = config.model_copy(update={"batch_size": min(config.batch_size, CPU_SECTION_BATCH_SIZE)})
         for start, end in sections(item.regions or [], item.audio.duration, SECTION_S):
-            samples = item.audio.samples[round(start * TARGET_SAMPLING_RATE) : round(end * TARGET_SAMPLING_RATE)]
+            samples = as_float32(item.audio.samples[round(start * TARGET_SAMPLING_RATE) : round(end * TARGET_SAMPLING_RATE)])
             on_segments = (lambda chunks, offset=start: item.on_segments([shift_chunk(c, offset) for c in chunks])) if item.on_segments else None
             part = self.transcriber.transcribe_batch([Request(samples, config, item.diarize, on_segments, item.cancelled)])[0]
+            del samples
+            release_freed_memory()
             if isinstance(part, Exception):
                 return part
             if part.language and config.language is None:

@@ -17,7 +17,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from audio import as_float32
 from diarization_utils import Diarizer, annotation_to_segments
+from memory import release_freed_memory
 from schemas import SpeakerSegment
 from vad import SAMPLING_RATE, SpeechRegion
 
@@ -50,9 +52,12 @@ def diarize_speech(diarizer: Diarizer, samples: np.ndarray, regions: Sequence[Sp
     linker = _Linker(embedding_inference(diarizer), cap)
     for pieces in blocks:
         joined = join(samples, pieces)
+        release_freed_memory(collect_cycles=False)  # the pieces join copied
         turns = diarizer.diarize(joined, **({"max_speakers": cap} if cap else {}))
         names = linker.link(joined, turns)
         linker.turns += map_back([turn.model_copy(update={"speaker": names[turn.speaker]}) for turn in turns], pieces)
+        del joined
+        release_freed_memory()  # else each block's pyannote temporaries stay in the heap
     return linker.finish()
 
 
@@ -82,7 +87,7 @@ def plan_blocks(regions: Sequence[SpeechRegion], duration: float, block_s: float
 
 
 def join(samples: np.ndarray, pieces: Sequence[Piece]) -> np.ndarray:
-    return np.concatenate([samples[round(p.start * SAMPLING_RATE) : round(p.end * SAMPLING_RATE)] for p in pieces])
+    return np.concatenate([as_float32(samples[round(p.start * SAMPLING_RATE) : round(p.end * SAMPLING_RATE)]) for p in pieces])
 
 
 def map_back(turns: Sequence[SpeakerSegment], pieces: Sequence[Piece]) -> list[SpeakerSegment]:
@@ -106,7 +111,7 @@ def centroid(embed: Callable[[dict], Any], samples: np.ndarray, turns: Sequence[
     for turn in longest:
         if total >= EMBEDDING_SECONDS:
             break
-        clips.append(samples[round(turn.start * SAMPLING_RATE) : round(turn.end * SAMPLING_RATE)])
+        clips.append(as_float32(samples[round(turn.start * SAMPLING_RATE) : round(turn.end * SAMPLING_RATE)]))
         total += turn.end - turn.start
     speech = np.concatenate(clips) if clips else np.zeros(0, np.float32)
     # A speaker of a few frames still needs one embedding window (the centroid weighs it by its speech).
@@ -114,6 +119,9 @@ def centroid(embed: Callable[[dict], Any], samples: np.ndarray, turns: Sequence[
     waveform = torch.from_numpy(np.ascontiguousarray(speech, dtype=np.float32)).unsqueeze(0)
     with torch.inference_mode():
         embedding = np.asarray(embed({"waveform": waveform, "sample_rate": SAMPLING_RATE}), dtype=np.float64).reshape(-1)
+    # A block's speakers are embedded one after another: without this, each one's temporaries
+    # (~0.3 GB for a minute of speech) stay in the heap and add up.
+    release_freed_memory(collect_cycles=False)
     return embedding / (np.linalg.norm(embedding) or 1.0)
 
 

@@ -14,10 +14,12 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from audio import as_float32
+
 SAMPLING_RATE = 16000
 GATE_PEAK = 1e-3  # -60 dBFS: quieter than any recording's noise floor, so only true silence is skipped
 GATE_FRAME = SAMPLING_RATE // 2
-BLOCK = 600 * SAMPLING_RATE  # samples per VAD call
+BLOCK = 300 * SAMPLING_RATE  # samples per VAD call
 
 
 class SpeechRegion(NamedTuple):
@@ -26,7 +28,7 @@ class SpeechRegion(NamedTuple):
 
 
 def detect_speech(samples: np.ndarray, *, max_speech_s: float = float("inf"), min_silence_ms: int = 160, threshold: float = 0.5, pad_ms: int = 400) -> list[SpeechRegion]:
-    """Regions of speech in 16 kHz mono float32 ``samples``, each at most ``max_speech_s`` long."""
+    """Regions of speech in 16 kHz mono ``samples`` (float32 or int16, as ``audio.Audio`` holds them), each at most ``max_speech_s`` long."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     if len(samples) == 0:
@@ -34,7 +36,7 @@ def detect_speech(samples: np.ndarray, *, max_speech_s: float = float("inf"), mi
     options = VadOptions(threshold=threshold, max_speech_duration_s=max_speech_s, min_silence_duration_ms=min_silence_ms, speech_pad_ms=pad_ms)
     regions: list[SpeechRegion] = []
     for start, end in _blocks(samples):
-        for index, found in enumerate(get_speech_timestamps(samples[start:end], options)):
+        for index, found in enumerate(get_speech_timestamps(as_float32(samples[start:end]), options)):
             region = SpeechRegion((start + found["start"]) / SAMPLING_RATE, (start + found["end"]) / SAMPLING_RATE)
             previous = regions[-1] if regions and index == 0 else None
             # A region cut by a block boundary is one region again, within the length limit.
@@ -56,7 +58,7 @@ def _audible_spans(samples: np.ndarray) -> Iterator[tuple[int, int]]:
     span_start = None
     last_loud = None
     for frame_start in range(0, len(samples), BLOCK):
-        block = samples[frame_start : frame_start + BLOCK]
+        block = as_float32(samples[frame_start : frame_start + BLOCK])
         frames = len(block) // GATE_FRAME * GATE_FRAME
         peaks = np.abs(block[:frames]).reshape(-1, GATE_FRAME).max(axis=1) if frames else np.zeros(0, dtype=np.float32)
         if frames < len(block):

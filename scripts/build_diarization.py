@@ -43,7 +43,8 @@ def pipeline_config(params: dict = PIPELINE_PARAMS) -> dict:
                 "segmentation": "$model/segmentation",
                 "embedding": "$model/embedding",
                 "clustering": "AgglomerativeClustering",
-                "segmentation_batch_size": 32,
+                # 16 chunks per batch: on CPU as fast as 32 with half the working memory.
+                "segmentation_batch_size": 16,
                 # segmentation-3.0 has 3 local speakers per chunk and CAMPPlus computes a chunk's
                 # frame features once for all its speakers: keep each chunk within one batch.
                 "embedding_batch_size": 3,

@@ -169,3 +169,97 @@ def test_long_audio_is_transcribed_section_by_section(handler, jfk_flac, monkeyp
     assert len(words(sectioned["text"])) == len(words(whole["text"])) and jiwer.wer(" ".join(words(whole["text"])), " ".join(words(sectioned["text"]))) <= 0.1, (whole["text"], sectioned["text"])
     starts = [c["timestamp"][0] for c in sectioned["chunks"]]
     assert starts == sorted(starts) and sectioned["chunks"][-1]["timestamp"][1] > 8
+
+
+def test_long_audio_is_diarized_after_its_transcription_in_small_batches(diarizing_handler, call, monkeypatch):
+    """Sectioned audio runs ASR, then diarization (their working memory would add up side by side),
+    and on CPU its sections decode at most CPU_SECTION_BATCH_SIZE windows at once; the result is
+    still a two-speaker transcript."""
+    import handler as handler_module
+
+    monkeypatch.setattr(handler_module, "SECTION_S", 10.0)
+    events: list[tuple[str, float]] = []
+    transcribe_batch, diarize = diarizing_handler.transcriber.transcribe_batch, diarizing_handler.diarizer.diarize
+    batch_sizes: list[int] = []
+
+    def recording_transcribe(requests):
+        batch_sizes.extend(request.config.batch_size for request in requests)
+        results = transcribe_batch(requests)
+        events.append(("asr done", time.perf_counter()))
+        return results
+
+    def recording_diarize(*args, **kwargs):
+        events.append(("diarization started", time.perf_counter()))
+        return diarize(*args, **kwargs)
+
+    monkeypatch.setattr(diarizing_handler.transcriber, "transcribe_batch", recording_transcribe)
+    monkeypatch.setattr(diarizing_handler.diarizer, "diarize", recording_diarize)
+    response = diarizing_handler({"inputs": wav(call), "parameters": {"diarize": True, "batch_size": 24}})
+    assert len(batch_sizes) >= 3 and set(batch_sizes) == {handler_module.CPU_SECTION_BATCH_SIZE}
+    last_asr = max(t for name, t in events if name == "asr done")
+    assert min(t for name, t in events if name == "diarization started") > last_asr
+    assert response["num_speakers"] == 2 and len(response["text"].split()) > 40
+
+
+# --- memory ----------------------------------------------------------------------------------------------
+
+
+def test_long_audio_is_kept_as_16_bit_pcm():
+    """Past PCM16_AFTER_S the 16 kHz audio is held as int16 (half the memory) and read back as
+    float32 within one quantization step; shorter audio stays float32, exactly as decoded."""
+    import audio
+
+    tone = (0.5 * np.sin(np.arange(16000 * 60) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+    short = load_audio(tone)
+    assert short.samples.dtype == np.float32
+    original = audio.PCM16_AFTER_S
+    try:
+        audio.PCM16_AFTER_S = 30.0
+        long = load_audio(tone)
+        # A stream that declares no duration starts as float32 and turns int16 once it is long.
+        unknown = audio._Output(None)
+        for piece in np.split(tone, 60):
+            unknown.append(piece)
+        grown = unknown.finish()
+    finally:
+        audio.PCM16_AFTER_S = original
+    for samples in (long.samples, grown):
+        assert samples.dtype == np.int16 and len(samples) == len(tone)
+        assert np.abs(audio.as_float32(samples) - tone).max() <= 1 / 32768
+    assert long.duration == short.duration == 60.0
+    assert audio.as_float32(short.samples) is short.samples  # float32 audio is not copied
+
+
+def test_released_memory_goes_back_to_the_os():
+    """The heap a stage leaves behind (many mid-sized temporaries) is returned by
+    ``release_freed_memory``: glibc alone keeps it, and RSS would pile up stage after stage."""
+    import psutil
+
+    from memory import release_freed_memory
+
+    process = psutil.Process()
+    release_freed_memory()
+    before = process.memory_info().rss
+    temporaries = [np.ones(8000) for _ in range(4000)]  # 64 KB each, below glibc's mmap threshold: 256 MB of heap
+    pinned = np.ones(8000)  # allocated last: keeps the heap's top in use, so free() alone cannot shrink it
+    del temporaries
+    kept = process.memory_info().rss - before
+    release_freed_memory()
+    released = process.memory_info().rss - before
+    assert kept > 200 * 2**20, kept  # what glibc keeps without a trim
+    assert released < 50 * 2**20, released
+    del pinned
+
+
+def test_a_long_clip_is_embedded_block_by_block_like_a_whole_pass(diarizing_handler, call):
+    """CAM++ embeds a clip longer than its block (a speaker centroid) block by block, with context,
+    so its memory does not grow with the clip; the embedding is that of one pass over the clip."""
+    import torch
+
+    model = speech_diarization.embedding_inference(diarizing_handler.diarizer).model
+    clip = torch.from_numpy(np.concatenate([call, call, call])).reshape(1, 1, -1)  # 90 s
+    assert clip.shape[-1] > model.BLOCK_SECONDS * 16000
+    with torch.inference_mode():
+        blocked = model(clip)[0]
+        whole = model.xvector.dense(model.xvector.stats(model.frame_features(clip)))[0]
+    assert torch.nn.functional.cosine_similarity(blocked, whole, dim=0) > 0.98
