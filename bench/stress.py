@@ -18,8 +18,8 @@ Server scenarios start ``python -m server`` on the same models and act as its cl
 - ``slowloris``: 17 uploads trickling a byte every 0.5 s while 8 normal clients send a clip: the
   normal clients' statuses and latency, the trickling ones' answer (``BODY_READ_TIMEOUT_S=10``).
 - ``concurrent-long``: ``--concurrent`` (8) files of ``--concurrent-hours`` of speech at once,
-  diarized, with ``MAX_AUDIO_SECONDS_IN_FLIGHT`` = ``--budget-hours``: each file's status and the
-  server's peak RSS.
+  diarized, with ``MAX_AUDIO_SECONDS_IN_FLIGHT`` = ``--budget-hours`` (and ``MEMORY_BUDGET_GIB`` =
+  ``--memory-budget-gib``): each file's status and the server's peak RSS.
 
 Figures are only comparable on an otherwise idle machine: the load average is printed with each.
 """
@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--concurrent-hours", type=float, default=0.5)
     parser.add_argument("--budget-hours", type=float, default=1.0, help="MAX_AUDIO_SECONDS_IN_FLIGHT for concurrent-long, in hours")
+    parser.add_argument("--memory-budget-gib", type=float, default=None, help="MEMORY_BUDGET_GIB for concurrent-long (default: the server's own)")
     parser.add_argument("--child", nargs=2, metavar=("SCENARIO", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -178,10 +179,12 @@ def run_server_scenario(scenario: str, args: argparse.Namespace, tmp: Path) -> d
     path = tmp / "long.flac"
     path.write_bytes(build_input("speech", args.concurrent_hours))
     env = {"MAX_AUDIO_SECONDS_IN_FLIGHT": str(args.budget_hours * 3600), "MAX_UPLOAD_BYTES": str(2**31)}
+    if args.memory_budget_gib:
+        env["MEMORY_BUDGET_GIB"] = str(args.memory_budget_gib)
     with live_server(env) as (url, process):
         row = concurrent_long(url, process, path.read_bytes(), args.concurrent)
     path.unlink()
-    return {"scenario": scenario, "files": args.concurrent, "hours_each": args.concurrent_hours, "budget_hours": args.budget_hours} | row
+    return {"scenario": scenario, "files": args.concurrent, "hours_each": args.concurrent_hours, "budget_hours": args.budget_hours, "memory_budget_gib": args.memory_budget_gib} | row
 
 
 @contextlib.contextmanager

@@ -5,8 +5,13 @@ A request is admitted once its body is in and its duration known (from the heade
 yet). Admitted requests together hold at most ``MAX_AUDIO_SECONDS_IN_FLIGHT`` seconds of audio and
 number at most ``inference_workers + MAX_QUEUE_DEPTH``; the rest wait, first come first served, for
 ``ADMISSION_WAIT_S`` (the tt-media-server route, whose client cannot retry, ``TT_ADMISSION_WAIT_S``),
-then get 503 + Retry-After. A file longer than the whole budget is refused at once (413). Memory thus
-follows the budget: 16 kHz float32 is 64 KB per second, plus each stage's working memory.
+then get 503 + Retry-After. A file longer than the whole budget is refused at once (413).
+
+Memory is budgeted as well (``MEMORY_BUDGET_GIB``): once the models are loaded, what is left of the
+budget beyond the process's memory and each worker's working memory (``WORKING_MEMORY_BYTES``) is
+what requests may hold, waiting or admitted: their bodies, the decoded file and the 16 kHz buffer
+(``request_bytes``, an upper bound). A request that does not fit beside those already held gets
+503 at once instead of waiting with its body in memory; one that could never fit gets 413.
 
 On SIGTERM (``drain``) nothing new is admitted, waiting requests get 503, and requests still running
 when the grace period ends are stopped and answered 503 (``shutting_down``).
@@ -17,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import audio
@@ -27,6 +34,9 @@ from server.metrics import Metrics
 # A file whose container declares no duration (streamed webm, raw ADTS) is charged as if coded at
 # 16 kbps, below what any speech codec setting users send: an upper bound on its length.
 UNDECLARED_BYTES_PER_SECOND = 2000
+# Host memory one running request's stages take at their peak beyond its audio (ASR sections, a
+# diarization block; measured on CPU with Whisper base: README, "Bounded cost").
+WORKING_MEMORY_BYTES = 1.5 * 2**30
 
 
 def audio_cost(inputs: Any, sampling_rate: int, budget_seconds: float) -> float:
@@ -37,11 +47,37 @@ def audio_cost(inputs: Any, sampling_rate: int, budget_seconds: float) -> float:
     return seconds
 
 
+def memory_budget_bytes(budget_gib: float | None) -> float:
+    """``MEMORY_BUDGET_GIB``, or 80 % of the container's memory limit (cgroup v2 or v1) where there
+    is one, else of the machine's memory."""
+    if budget_gib:
+        return budget_gib * 2**30
+    import psutil
+
+    total = psutil.virtual_memory().total
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return 0.8 * total
+
+
+def request_bytes(inputs: Any, seconds: float, body_bytes: int) -> int:
+    """Memory a request holds until it is answered: its body as received, the file it carries (once
+    more if it came base64-encoded or in a form) and the 16 kHz buffer it decodes to."""
+    return body_bytes + (len(inputs) if isinstance(inputs, bytes) else 0) + audio.buffer_bytes(seconds)
+
+
 class Admission:
     def __init__(self, max_requests: int, max_audio_seconds: float, retry_after_seconds: int, metrics: Metrics | None = None):
         self.max_requests = max_requests
         self.max_audio_seconds = max_audio_seconds
         self.retry_after = retry_after_seconds
+        self.max_bytes = math.inf  # set by ``set_memory_budget`` once the models are loaded
+        self.held_bytes = 0  # by requests waiting or admitted
         self.requests = 0  # admitted now; all state is touched on the event loop only
         self.audio_seconds = 0.0
         self._waiting: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
@@ -54,27 +90,43 @@ class Admission:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def admit_audio(self, inputs: Any, sampling_rate: int, wait_s: float) -> contextlib.AbstractAsyncContextManager[None]:
-        """``admit`` for a request carrying ``inputs`` (file bytes, base64, sample arrays)."""
-        return self.admit(audio_cost(inputs, sampling_rate, self.max_audio_seconds), wait_s)
+    def set_memory_budget(self, budget_bytes: float, workers: int) -> None:
+        """Requests may hold what the budget leaves beside this process as it is now (models loaded)
+        and its workers' working memory."""
+        import psutil
+
+        self.max_bytes = max(0.0, budget_bytes - psutil.Process().memory_info().rss - workers * WORKING_MEMORY_BYTES)
+
+    def admit_audio(self, inputs: Any, sampling_rate: int, wait_s: float, body_bytes: int = 0) -> contextlib.AbstractAsyncContextManager[None]:
+        """``admit`` for a request carrying ``inputs`` (file bytes, base64, sample arrays) in a body of ``body_bytes``."""
+        seconds = audio_cost(inputs, sampling_rate, self.max_audio_seconds)
+        return self.admit(seconds, wait_s, request_bytes(inputs, seconds, body_bytes))
 
     @contextlib.asynccontextmanager
-    async def admit(self, seconds: float, wait_s: float) -> AsyncIterator[None]:
-        """Hold ``seconds`` of the budget for the body of the ``async with``."""
+    async def admit(self, seconds: float, wait_s: float, nbytes: float = 0.0) -> AsyncIterator[None]:
+        """Hold ``seconds`` of the audio budget and ``nbytes`` of the memory budget for the body of the ``async with``."""
         if seconds > self.max_audio_seconds:
             raise AudioTooLong(f"the audio lasts {seconds:.0f} s, more than this server admits at once ({self.max_audio_seconds:.0f} s, MAX_AUDIO_SECONDS_IN_FLIGHT)")
+        if nbytes > self.max_bytes:
+            raise AudioTooLong(f"this request needs {nbytes / 2**30:.2f} GiB of memory (its body and decoded audio), more than this server can hold beside its models ({self.max_bytes / 2**30:.2f} GiB of MEMORY_BUDGET_GIB)")
         if self.draining:
             raise self._shutting_down_error()
-        if not self._waiting and self._fits(seconds):
-            self._take(seconds)
-        else:
-            await self._wait_for_turn(seconds, wait_s)
+        if self.held_bytes + nbytes > self.max_bytes:
+            raise self._busy_error(seconds, memory=nbytes)
+        self.held_bytes += nbytes
         try:
-            yield
+            if not self._waiting and self._fits(seconds):
+                self._take(seconds)
+            else:
+                await self._wait_for_turn(seconds, wait_s)
+            try:
+                yield
+            finally:
+                self.requests -= 1
+                self.audio_seconds -= seconds
+                self._admit_waiting()
         finally:
-            self.requests -= 1
-            self.audio_seconds -= seconds
-            self._admit_waiting()
+            self.held_bytes -= nbytes
 
     async def _wait_for_turn(self, seconds: float, wait_s: float) -> None:
         if wait_s <= 0 or len(self._waiting) >= self.max_requests:
@@ -126,7 +178,10 @@ class Admission:
         """The grace period is over: requests still running are stopped and answered 503."""
         self.shutting_down.set()
 
-    def _busy_error(self, seconds: float, waited: float = 0.0) -> QueueFull:
+    def _busy_error(self, seconds: float, waited: float = 0.0, memory: float = 0.0) -> QueueFull:
+        if memory:
+            return QueueFull(f"the server is busy: requests hold {self.held_bytes / 2**30:.2f} GiB of its {self.max_bytes / 2**30:.2f} GiB for requests "
+                             f"(MEMORY_BUDGET_GIB) and this one needs {memory / 2**30:.2f} GiB more; retry later", self.retry_after)
         after = f" after waiting {waited:g} s" if waited else ""
         return QueueFull(f"the server is busy{after} ({self.requests} requests holding {self.audio_seconds:.0f} s of audio, {len(self._waiting)} waiting; "
                          f"this request needs {seconds:.0f} s of the {self.max_audio_seconds:.0f} s budget); retry later", self.retry_after)

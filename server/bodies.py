@@ -26,6 +26,12 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def body_bytes(request: Request) -> int:
+    """The body's size as its Content-Length declares it (0 when chunked: BodyLimits bounds those)."""
+    length = request.headers.get("content-length", "")
+    return int(length) if length.isdigit() else 0
+
+
 def parse_json(raw: bytes | str, what: str = "the body") -> Any:
     try:
         return json.loads(raw)

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from config import ServerSettings
 from errors import BadRequest, EndpointError, InvalidParameters, MethodNotAllowed, NotFound, RequestCancelled
 from server import render
-from server.admission import Admission
+from server.admission import Admission, memory_budget_bytes
 from server.dependencies import ServerState
 from server.handler_host import HandlerFactory, HandlerHost, default_handler_factory
 from server.inference_queue import InferenceQueue
@@ -41,12 +41,17 @@ def create_app(settings: ServerSettings | None = None, handler_factory: HandlerF
     queue = InferenceQueue(settings.inference_workers, settings.micro_batch_size, metrics)
     state = ServerState(settings=settings, metrics=metrics, host=host, admission=admission, queue=queue)
 
+    def load() -> None:
+        host.load()
+        admission.set_memory_budget(memory_budget_bytes(settings.memory_budget_gib), settings.inference_workers)
+        logger.info("requests may hold %.2f GiB of memory (MEMORY_BUDGET_GIB)", admission.max_bytes / 2**30)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if load_in_background:
-            threading.Thread(target=host.load, name="model-loader", daemon=True).start()
+            threading.Thread(target=load, name="model-loader", daemon=True).start()
         else:
-            host.load()
+            load()
         yield
         queue.shutdown()
 

@@ -81,11 +81,23 @@ class InferenceQueue:
         return item.result
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` on a worker. Cancelled once the worker has started it, this returns
+        (cancelled) only when the worker is done: whoever holds memory or admission for the call
+        keeps holding it while the worker still uses it."""
         job = {"started": False, "abandoned": False}
         with self._lock:
             self.waiting += 1
+        work = asyncio.get_running_loop().run_in_executor(self._executor, self._work, job, function, *args)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._work, job, function, *args)
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            with self._lock:
+                started = job["started"]
+            if started:
+                await asyncio.wait({work})  # the work stops at its next cancellation check
+                if not work.cancelled():
+                    work.exception()  # retrieved: nobody is left to read how the abandoned call ended
+            raise
         finally:
             with self._lock:
                 if not job["started"]:  # cancelled while queued: the worker will skip it

@@ -16,6 +16,7 @@ import audio
 from config import InferenceConfig
 from errors import EndpointError, InferenceError, RequestCancelled, ServiceUnavailable
 from schemas import Chunk, TranscriptionResponse
+from server.bodies import body_bytes
 from server.dependencies import ServerState
 from server.metrics import UNMATCHED
 
@@ -38,7 +39,8 @@ async def transcribe(request: Request, state: ServerState, inputs: Any, config: 
         inputs = audio.as_file_bytes(inputs)
     cancelled = cancelled or threading.Event()
     wait_s = state.settings.admission_wait_s if admission_wait_s is None else admission_wait_s
-    admission = state.admission.admit_audio(inputs, config.sampling_rate, wait_s)  # reads the header: not audio → 400 at once
+    # Reads the header (not audio → 400 at once) and charges the body's and the audio's memory.
+    admission = state.admission.admit_audio(inputs, config.sampling_rate, wait_s, body_bytes(request))
 
     async def admitted_run() -> TranscriptionResponse:
         async with admission:

@@ -167,6 +167,98 @@ async def test_not_audio_is_refused_from_its_header_even_when_the_server_is_full
     assert response.status_code == 400 and "not a supported audio format" in response.json()["error"]["message"]
 
 
+async def test_memory_held_by_waiting_and_admitted_requests_stays_within_the_budget():
+    """Bodies and decoded audio are charged while a request waits or runs: a request that does not
+    fit beside them is told to retry at once (its body would otherwise sit in memory while it
+    waits); one that could never fit is 413; what leaves gives its memory back."""
+    admission = Admission(max_requests=1, max_audio_seconds=100, retry_after_seconds=3)
+    admission.max_bytes = 1000
+    release = asyncio.Event()
+
+    async def hold(nbytes: float) -> None:
+        async with admission.admit(1, wait_s=10, nbytes=nbytes):
+            await release.wait()
+
+    running = asyncio.ensure_future(hold(300))
+    await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(hold(300))  # over the request count: waits, its bytes held
+    await asyncio.sleep(0.01)
+    assert admission.held_bytes == 600 and admission.waiting == 1
+    started = time.perf_counter()
+    with pytest.raises(QueueFull, match="MEMORY_BUDGET_GIB") as refused:
+        async with admission.admit(1, wait_s=10, nbytes=500):
+            pass
+    assert time.perf_counter() - started < 0.5 and refused.value.headers == {"Retry-After": "3"}
+    with pytest.raises(AudioTooLong, match="MEMORY_BUDGET_GIB"):
+        async with admission.admit(1, wait_s=10, nbytes=1001):
+            pass
+    release.set()
+    await asyncio.gather(running, waiting)
+    assert admission.held_bytes == 0 and admission.requests == 0
+
+
+async def test_the_server_charges_each_request_its_body_and_audio_against_the_memory_budget():
+    """``MEMORY_BUDGET_GIB`` leaves for requests what the loaded process and its worker do not use;
+    a second upload that would not fit beside a running one gets 503 without waiting."""
+    import psutil
+
+    from server.admission import WORKING_MEMORY_BYTES, memory_budget_bytes, request_bytes
+
+    assert 0 < memory_budget_bytes(None) <= 0.8 * psutil.virtual_memory().total
+    hold = threading.Event()
+    handler = FakeHandler(hold=hold)
+    async with serving(handler, memory_budget_gib=1000, admission_wait_s=10) as server:
+        admission = server.app.state.server.admission
+        expected = 1000 * 2**30 - psutil.Process().memory_info().rss - WORKING_MEMORY_BYTES
+        assert abs(admission.max_bytes - expected) < 2**28
+        one_request = request_bytes(FLAC, CLIP["duration"], len(FLAC))
+        admission.max_bytes = 1.5 * one_request  # room for one such request only
+        running = await start_held_request(server)
+        assert admission.held_bytes == pytest.approx(one_request, rel=0.01)
+        started = time.perf_counter()
+        refused = await server.client.post("/predict", content=FLAC, headers={"Content-Type": "audio/flac"})
+        waited = time.perf_counter() - started
+        hold.set()
+        assert (await running).status_code == 200
+        assert admission.held_bytes == 0
+    assert refused.status_code == 503 and "MEMORY_BUDGET_GIB" in refused.json()["error"] and waited < 5
+
+
+class FinishesDespiteCancellation(FakeHandler):
+    """A handler stage that does not look at ``cancelled`` (as a diarization block does): it runs
+    on after its client is gone, until ``release`` is set."""
+
+    def __init__(self, release: threading.Event):
+        super().__init__()
+        self.release = release
+
+    def transcribe_batch(self, requests: list) -> list:
+        self.started.set()
+        self.release.wait(20)
+        return super().transcribe_batch(requests)
+
+
+async def test_a_cancelled_request_holds_its_admission_until_its_worker_stops():
+    """The client leaves while its request runs: it is answered 499 at once, but its audio and
+    memory stay charged until the worker is really done with them."""
+    from test_server_app import call_asgi
+
+    release = threading.Event()
+    handler = FinishesDespiteCancellation(release)
+    async with serving(handler) as server:
+        admission = server.app.state.server.admission
+        sent = await asyncio.wait_for(call_asgi(server.app, "/predict", FLAC, "audio/flac", lambda: asyncio.to_thread(handler.started.wait, 10)), 20)
+        held_after_leaving = (admission.requests, admission.audio_seconds, admission.held_bytes)
+        release.set()
+        for _ in range(500):
+            if admission.requests == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (admission.requests, admission.audio_seconds, admission.held_bytes) == (0, 0, 0)
+    assert sent[0]["status"] == 499
+    assert held_after_leaving[0] == 1 and held_after_leaving[1] == pytest.approx(CLIP["duration"], abs=0.01) and held_after_leaving[2] > len(FLAC)
+
+
 async def test_300_simultaneous_whisper_tt_requests_with_default_settings_all_answered():
     """lmms-eval's whisper_tt sends every item at once and scores a 503 as an empty transcript."""
     async with serving() as server:

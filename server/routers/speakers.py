@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from audio import TARGET_SAMPLING_RATE
 from errors import UnsupportedMediaType
-from server.bodies import media_type, read_form, validated
+from server.bodies import body_bytes, media_type, read_form, validated
 from server.dependencies import ServerState, get_state, ready_handler, require_api_key
 from voiceprints import EnrolledSpeaker
 
@@ -48,7 +48,7 @@ async def enroll(request: Request, state: ServerState = Depends(get_state), hand
     audio, fields = await read_form(request)
     form = validated(EnrollForm, fields)
     # Embedding the reference is model work: admitted and run on the inference workers like a transcription.
-    async with state.admission.admit_audio(audio, TARGET_SAMPLING_RATE, state.settings.admission_wait_s):
+    async with state.admission.admit_audio(audio, TARGET_SAMPLING_RATE, state.settings.admission_wait_s, body_bytes(request)):
         return await state.queue.run(handler.enroll_speaker, form.name, audio)
 
 
