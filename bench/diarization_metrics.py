@@ -61,9 +61,16 @@ class TimedPipeline:
     def __init__(self, pipeline, timer: StageTimer) -> None:
         self.pipeline, self.timer = pipeline, timer
 
-    def __call__(self, file, **kwargs):
+    def __call__(self, file, hook=None, **kwargs):
+        timing = self.timer.start()
+
+        def timed_hook(*args, **hook_kwargs) -> None:  # the caller's own hook (memory release) still runs
+            timing(*args, **hook_kwargs)
+            if hook is not None:
+                hook(*args, **hook_kwargs)
+
         try:
-            return self.pipeline(file, hook=self.timer.start(), **kwargs)
+            return self.pipeline(file, hook=timed_hook, **kwargs)
         finally:
             self.timer.stop()
 
