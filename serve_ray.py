@@ -153,6 +153,9 @@ class RemoteHandler:
     """What the server's inference queue calls, forwarded to the replicas. Streaming hooks do not
     cross processes: a streamed request gets its segments at once, with the result."""
 
+    # The models run in the replicas: the ingress's memory budget holds only the requests' bodies.
+    runs_models_in_process = False
+
     def __init__(self, replica: Any, ray_settings: RaySettings):
         self.replica = replica
         self.ray_settings = ray_settings
