@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +31,8 @@ from typing import Any
 import audio
 from errors import AudioTooLong, QueueFull, ServiceUnavailable
 from server.metrics import Metrics
+
+logger = logging.getLogger("uvicorn.error")  # uvicorn configures its own loggers only
 
 # A file whose container declares no duration (streamed webm, raw ADTS) is charged as if coded at
 # 16 kbps, below what any speech codec setting users send: an upper bound on its length.
@@ -90,12 +93,17 @@ class Admission:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def set_memory_budget(self, budget_bytes: float, workers: int) -> None:
-        """Requests may hold what the budget leaves beside this process as it is now (models loaded)
-        and its workers' working memory."""
+    def set_memory_budget(self, budget_gib: float | None, workers: int) -> None:
+        """Requests may hold what the budget (``memory_budget_bytes``) leaves beside this process as
+        it is now (models loaded) and ``workers`` in-process workers' working memory."""
         import psutil
 
-        self.max_bytes = max(0.0, budget_bytes - psutil.Process().memory_info().rss - workers * WORKING_MEMORY_BYTES)
+        self.max_bytes = max(0.0, memory_budget_bytes(budget_gib) - psutil.Process().memory_info().rss - workers * WORKING_MEMORY_BYTES)
+        if self.max_bytes <= 0 and budget_gib is None:
+            # The default budget of a small machine: refusing every request would be worse than no memory limit.
+            logger.warning("80%% of this machine's memory leaves nothing for requests beside the models; the memory budget is off (set MEMORY_BUDGET_GIB)")
+            self.max_bytes = math.inf
+        logger.info("requests may hold %.2f GiB of memory (MEMORY_BUDGET_GIB)", self.max_bytes / 2**30)
 
     def admit_audio(self, inputs: Any, sampling_rate: int, wait_s: float, body_bytes: int = 0) -> contextlib.AbstractAsyncContextManager[None]:
         """``admit`` for a request carrying ``inputs`` (file bytes, base64, sample arrays) in a body of ``body_bytes``."""

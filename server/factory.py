@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from config import ServerSettings
 from errors import BadRequest, EndpointError, InvalidParameters, MethodNotAllowed, NotFound, RequestCancelled
 from server import render
-from server.admission import Admission, memory_budget_bytes
+from server.admission import Admission
 from server.dependencies import ServerState
 from server.handler_host import HandlerFactory, HandlerHost, default_handler_factory
 from server.inference_queue import InferenceQueue
@@ -45,12 +45,7 @@ def create_app(settings: ServerSettings | None = None, handler_factory: HandlerF
         host.load()
         # A handler whose models run in other processes (Ray Serve replicas) uses no working memory here.
         workers = settings.inference_workers if getattr(host.handler, "runs_models_in_process", True) else 0
-        admission.set_memory_budget(memory_budget_bytes(settings.memory_budget_gib), workers)
-        if admission.max_bytes <= 0 and settings.memory_budget_gib is None:
-            # The default budget of a small machine: refusing every request would be worse than no memory limit.
-            logger.warning("80%% of this machine's memory leaves nothing for requests beside the models; the memory budget is off (set MEMORY_BUDGET_GIB)")
-            admission.max_bytes = float("inf")
-        logger.info("requests may hold %.2f GiB of memory (MEMORY_BUDGET_GIB)", admission.max_bytes / 2**30)
+        admission.set_memory_budget(settings.memory_budget_gib, workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
