@@ -23,6 +23,8 @@ from pyannote.audio.core.model import Model
 from pyannote.audio.core.task import Problem, Resolution, Specifications
 from pyannote.audio.models.blocks.pooling import StatsPool
 
+from memory import release_freed_memory
+
 
 def batchnorm_relu(channels: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict([("batchnorm", nn.BatchNorm1d(channels)), ("relu", nn.ReLU(inplace=True))]))
@@ -269,4 +271,8 @@ class CAMPPlus(Model):
                 features = x.new_empty((1, x.shape[1], -(-samples // hop) + 1))
             features[:, :, filled : filled + part.shape[-1]] = part
             filled += part.shape[-1]
+            del x, part
+            # glibc keeps a block's freed activations resident (~0.3 GB): the next block's peak
+            # would come on top of them.
+            release_freed_memory(collect_cycles=False)
         return features[:, :, :filled]

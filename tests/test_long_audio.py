@@ -251,15 +251,22 @@ def test_released_memory_goes_back_to_the_os():
     del pinned
 
 
-def test_a_long_clip_is_embedded_block_by_block_like_a_whole_pass(diarizing_handler, call):
+def test_a_long_clip_is_embedded_block_by_block_like_a_whole_pass(diarizing_handler, call, monkeypatch):
     """CAM++ embeds a clip longer than its block (a speaker centroid) block by block, with context,
-    so its memory does not grow with the clip; the embedding is that of one pass over the clip."""
+    so its memory does not grow with the clip, and gives each block's freed activations back before
+    the next; the embedding is that of one pass over the clip."""
     import torch
+
+    import speaker_embedding
 
     model = speech_diarization.embedding_inference(diarizing_handler.diarizer).model
     clip = torch.from_numpy(np.concatenate([call, call, call])).reshape(1, 1, -1)  # 90 s
     assert clip.shape[-1] > model.BLOCK_SECONDS * 16000
+    releases: list[bool] = []
+    monkeypatch.setattr(speaker_embedding, "release_freed_memory", lambda collect_cycles=True: releases.append(collect_cycles))
     with torch.inference_mode():
         blocked = model(clip)[0]
+    assert len(releases) >= 3 and not any(releases)  # after each 30 s block; no slow cycle collection
+    with torch.inference_mode():
         whole = model.xvector.dense(model.xvector.stats(model.frame_features(clip)))[0]
     assert torch.nn.functional.cosine_similarity(blocked, whole, dim=0) > 0.98
