@@ -116,7 +116,7 @@ class InferenceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
 
     task: Task = Task.transcribe
-    batch_size: int = Field(24, ge=1, le=256, description="Chunks decoded per forward pass.")
+    batch_size: int = Field(24, ge=1, le=256, description="Chunks decoded per forward pass, at most: on CPU the transformers engine decodes at most 8 at a time (host memory), and audio past 10 minutes goes in sections of at most 8 per pass.")
     assisted: bool | Literal["auto"] = Field(False, description="Speculative decoding with the assistant model (greedy). 'auto': for audio that fits one window, speculative or plain greedy decoding, whichever this deployment has timed faster on live requests (same text either way); the request's own decoding, batched, for longer audio.")
     chunk_length_s: float = Field(30.0, gt=0, le=30, description="Window of chunked long-form decoding.")
     sampling_rate: int = Field(16000, ge=1000, le=384000, description="Rate of raw PCM sample arrays.")

@@ -140,6 +140,7 @@ class DecodingPipeline:
     n_mels: int
     accepts_trimmed_windows = False
     trim_window = False
+    max_batch_size: int | None = None  # an engine's own cap on windows per forward pass
 
     def __init__(self) -> None:
         from faster_whisper.feature_extractor import FeatureExtractor
@@ -222,7 +223,7 @@ class DecodingPipeline:
         beam_size = 1 if assisted or config.temperature > 0 else (config.num_beams or 1)
         windows: list[list[tuple[float, _Window]]] = [[] for _ in requests]
         last_speech = [0.0 for _ in requests]
-        batch_size = 1 if assisted else max(1, config.batch_size)
+        batch_size = 1 if assisted else max(1, min(config.batch_size, self.max_batch_size or config.batch_size))
         # Streaming: the first batch is a single window, so the first text is out after one window's
         # decode instead of after the whole batch; the rest still decode batched.
         first_batch = 1 if any(request.on_segments for request in requests) else batch_size

@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 SAMPLING_SEED = 0
 # openai-whisper's limit on the first timestamp: a window's text starts within its first second.
 MAX_INITIAL_TIMESTAMP_INDEX = 50
+# Windows per forward pass on CPU (requests may ask for more; the GPU takes them all).
+CPU_MAX_BATCH_SIZE = 8
 
 
 class SeqToSeqDraft(WhisperForConditionalGeneration):
@@ -105,6 +107,32 @@ class SuppressTokens(LogitsProcessor):
         return scores
 
 
+class TokenLogprobs(LogitsProcessor):
+    """Last in the chain: the log-probability of each token greedy or sampled decoding picks, under
+    the scores it was picked from (tempered when sampling), as ``output_scores`` would give them —
+    without keeping every step's vocabulary-wide scores (batch x 51,865
+    floats per step: ~0.3 GB for 6 windows of speech). A step's log-softmax is kept only until the
+    next step's ``input_ids`` show which token was picked from it."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.previous: torch.Tensor | None = None
+        self.picked: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.previous is not None:
+            self.picked.append(self.previous.gather(1, input_ids[:, -1:])[:, 0])
+        self.previous = torch.log_softmax(scores / self.temperature if self.temperature > 0 else scores, dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.LongTensor) -> torch.Tensor:
+        """(rows, generated tokens) log-probabilities, once generation has stopped."""
+        if self.previous is not None:
+            self.picked.append(self.previous.gather(1, sequences[:, -1:])[:, 0])
+            self.previous = None
+        return torch.stack(self.picked, dim=1)
+
+
 class Alignment(NamedTuple):
     """As CTranslate2's ``WhisperAlignmentResult``: (text index, time index) pairs and text token probabilities."""
 
@@ -126,6 +154,11 @@ class WhisperTranscriber(DecodingPipeline):
     def __init__(self, settings: ModelSettings, base_dir: str | Path = "."):
         self.device = settings.resolved_device()
         self.dtype = settings.resolved_dtype()
+        if not self.device.startswith("cuda"):
+            # Each window's cross-attention cache (1500 frames per decoder layer) lives in host
+            # memory for the whole decode: on CPU a batch of 24 costs ~1 GB on Whisper base, and
+            # batches past a few windows are no faster there.
+            self.max_batch_size = CPU_MAX_BATCH_SIZE
         token = settings.token()
         location = locate_model(settings.asr_model, base_dir)
         logger.info("loading ASR model %s on %s (%s, %s)", location, self.device, self.dtype, settings.attn_implementation)
@@ -265,7 +298,13 @@ class WhisperTranscriber(DecodingPipeline):
         config.temperature, config.top_k, config.top_p = (options.temperature, 0, 1.0) if options.temperature > 0 else (1.0, None, None)
         config.max_length = prompt.shape[1] + options.max_new_tokens
         config.max_new_tokens = None
-        config.output_scores = config.return_dict_in_generate = True
+        # Beams reorder rows and assisted decoding scores drafts it may reject: those read the
+        # log-probabilities from output_scores; greedy and sampled rows record them as they go.
+        recorder = TokenLogprobs(options.temperature) if options.beam_size == 1 and not options.assisted else None
+        if recorder is not None:
+            processors.append(recorder)
+        config.output_scores = recorder is None
+        config.return_dict_in_generate = True
         config.pad_token_id = config.eos_token_id = eot
         kwargs: dict[str, Any] = dict(decoder_input_ids=prompt, encoder_outputs=BaseModelOutput(last_hidden_state=encoded.hidden), generation_config=config, logits_processor=processors)
         if options.temperature > 0:
@@ -291,7 +330,13 @@ class WhisperTranscriber(DecodingPipeline):
             no_speech = logits[:: max(1, logits.shape[0] // len(prompts)), sot_index if logits.shape[1] > sot_index else -1].float().softmax(-1)[:, self._no_speech_id()].tolist()
             # Per-token log-probabilities under the logits the tokens were chosen from (after
             # suppression and the timestamp rules), as openai-whisper sums them.
-            scores = self.model.compute_transition_scores(output.sequences, output.scores, getattr(output, "beam_indices", None), normalize_logits=options.beam_size == 1)
+            if recorder is not None:
+                scores = recorder.finish(output.sequences)
+            elif options.beam_size == 1:  # assisted: the kept tokens' scores, normalized as the recorder does
+                picked = output.sequences[:, -len(output.scores):]
+                scores = torch.stack([torch.log_softmax(step, dim=-1).gather(1, picked[:, i : i + 1])[:, 0] for i, step in enumerate(output.scores)], dim=1)
+            else:
+                scores = self.model.compute_transition_scores(output.sequences, output.scores, output.beam_indices)
         hypotheses = []
         generated = output.sequences[:, prompt.shape[1]:].tolist()
         for row, (tokens, logprobs) in enumerate(zip(generated, scores.float().tolist())):

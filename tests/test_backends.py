@@ -262,3 +262,43 @@ def test_a_window_that_loops_is_cut_at_its_token_budget(handler, jfk_flac, monke
     tokens = handler.transcriber.hf_tokenizer().encode(response.text, add_special_tokens=False).ids
     assert 0 < len(tokens) <= 2 * pipeline.MIN_TOKEN_BUDGET
     assert normalize(response.text).startswith("and so my fellow americans")
+
+
+def test_transformers_on_cpu_decodes_a_few_windows_per_pass(handler, monkeypatch):
+    """On CPU the transformers engine caps the windows per forward pass (each window's cross-attention
+    cache is host memory): a request asking for 24 decodes exactly as one asking for the cap."""
+    from asr import transformers_engine
+
+    assert handler.transcriber.max_batch_size == transformers_engine.CPU_MAX_BATCH_SIZE < InferenceConfig().batch_size
+    monkeypatch.setattr(handler.transcriber, "max_batch_size", 2)  # the sonnets: 6 windows of speech
+    sizes: list[int] = []
+    encode = handler.transcriber.encode
+
+    def counting_encode(features):
+        sizes.append(len(features))
+        return encode(features)
+
+    monkeypatch.setattr(handler.transcriber, "encode", counting_encode)
+    sonnets = next(row for row in load_manifest("asr_long") if row["id"].startswith("librivox_shakespeare_sonnets"))
+    data = open(sonnets["audio"], "rb").read()
+    asked = handler.transcribe(data, InferenceConfig(batch_size=24, language="en"))
+    assert len(sizes) >= 3 and max(sizes) == 2
+    capped = handler.transcribe(data, InferenceConfig(batch_size=2, language="en"))
+    assert asked.text == capped.text and len(asked.text.split()) > 100
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.6])
+def test_recorded_token_logprobs_equal_the_ones_from_output_scores(handler, jfk_flac, monkeypatch, temperature):
+    """Greedy and sampled windows record each picked token's log-probability as they decode instead of
+    keeping every step's scores: the segments' avg_logprob is what the kept output_scores give (the
+    path of beams and assisted decoding)."""
+    from asr import transformers_engine
+
+    config = InferenceConfig(language="en", temperature=temperature)
+    recorded = handler.transcribe(jfk_flac, config)
+    monkeypatch.setattr(transformers_engine, "TokenLogprobs", lambda temperature: None)
+    from_scores = handler.transcribe(jfk_flac, config)
+    assert recorded.text == from_scores.text and len(recorded.chunks) == len(from_scores.chunks) > 0
+    for ours, theirs in zip(recorded.chunks, from_scores.chunks):
+        # both rounded to 4 decimals: equal up to the last one
+        assert ours.avg_logprob == pytest.approx(theirs.avg_logprob, abs=1.5e-4) and ours.avg_logprob < 0
