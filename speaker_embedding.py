@@ -272,7 +272,7 @@ class CAMPPlus(Model):
             features[:, :, filled : filled + part.shape[-1]] = part
             filled += part.shape[-1]
             del x, part
-            # glibc keeps a block's freed activations resident (~0.3 GB): the next block's peak
-            # would come on top of them.
+            # glibc keeps a block's freed activations resident: the next block's peak would come
+            # on top of them.
             release_freed_memory(collect_cycles=False)
         return features[:, :, :filled]

@@ -110,9 +110,9 @@ class SuppressTokens(LogitsProcessor):
 class TokenLogprobs(LogitsProcessor):
     """Last in the chain: the log-probability of each token greedy or sampled decoding picks, under
     the scores it was picked from (tempered when sampling), as ``output_scores`` would give them —
-    without keeping every step's vocabulary-wide scores (batch x 51,865
-    floats per step: ~0.3 GB for 6 windows of speech). A step's log-softmax is kept only until the
-    next step's ``input_ids`` show which token was picked from it."""
+    without keeping every step's vocabulary-wide scores, which add up to hundreds of MB for a batch
+    of windows. A step's log-softmax is kept only until the next step's ``input_ids`` show which
+    token was picked from it."""
 
     def __init__(self, temperature: float):
         self.temperature = temperature
@@ -156,8 +156,7 @@ class WhisperTranscriber(DecodingPipeline):
         self.dtype = settings.resolved_dtype()
         if not self.device.startswith("cuda"):
             # Each window's cross-attention cache (1500 frames per decoder layer) lives in host
-            # memory for the whole decode: on CPU a batch of 24 costs ~1 GB on Whisper base, and
-            # batches past a few windows are no faster there.
+            # memory for the whole decode, and on CPU batches past a few windows are no faster.
             self.max_batch_size = CPU_MAX_BATCH_SIZE
         token = settings.token()
         location = locate_model(settings.asr_model, base_dir)
