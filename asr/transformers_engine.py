@@ -130,7 +130,7 @@ class TokenLogprobs(LogitsProcessor):
         if self.previous is not None:
             self.picked.append(self.previous.gather(1, sequences[:, -1:])[:, 0])
             self.previous = None
-        return torch.stack(self.picked, dim=1)
+        return torch.stack(self.picked, dim=1) if self.picked else torch.zeros((sequences.shape[0], 0), device=sequences.device)
 
 
 class Alignment(NamedTuple):

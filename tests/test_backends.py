@@ -302,3 +302,22 @@ def test_recorded_token_logprobs_equal_the_ones_from_output_scores(handler, jfk_
     for ours, theirs in zip(recorded.chunks, from_scores.chunks):
         # both rounded to 4 decimals: equal up to the last one
         assert ours.avg_logprob == pytest.approx(theirs.avg_logprob, abs=1.5e-4) and ours.avg_logprob < 0
+
+
+def test_token_logprobs_take_each_pick_from_the_next_steps_input_ids():
+    """The recorder keeps one step's log-softmax until the next call shows the token picked from it;
+    the last pick comes from the finished sequences; a generation that picked nothing gives no column."""
+    import torch
+
+    from asr.transformers_engine import TokenLogprobs
+
+    steps = [torch.randn(2, 10) for _ in range(3)]
+    picks = torch.tensor([[4, 1, 9], [7, 2, 0]])
+    prompt = torch.zeros((2, 3), dtype=torch.long)
+    recorder = TokenLogprobs(temperature=0.5)
+    for i, step in enumerate(steps):
+        recorder(torch.cat([prompt, picks[:, :i]], dim=1), step.clone())
+    recorded = recorder.finish(torch.cat([prompt, picks], dim=1))
+    expected = torch.stack([torch.log_softmax(step / 0.5, dim=-1).gather(1, picks[:, i : i + 1])[:, 0] for i, step in enumerate(steps)], dim=1)
+    assert torch.allclose(recorded, expected)
+    assert TokenLogprobs(temperature=0.0).finish(prompt).shape == (2, 0)
