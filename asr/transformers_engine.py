@@ -132,6 +132,15 @@ class TokenLogprobs(LogitsProcessor):
             self.previous = None
         return torch.stack(self.picked, dim=1) if self.picked else torch.zeros((sequences.shape[0], 0), device=sequences.device)
 
+    @classmethod
+    def from_output_scores(cls, step_scores: tuple[torch.Tensor, ...], sequences: torch.LongTensor) -> torch.Tensor:
+        """The same log-probabilities from scores ``generate`` kept (already tempered)."""
+        recorder = cls(temperature=0.0)
+        start = sequences.shape[1] - len(step_scores)
+        for i, step in enumerate(step_scores):
+            recorder(sequences[:, : start + i], step)
+        return recorder.finish(sequences)
+
 
 class Alignment(NamedTuple):
     """As CTranslate2's ``WhisperAlignmentResult``: (text index, time index) pairs and text token probabilities."""
@@ -331,9 +340,8 @@ class WhisperTranscriber(DecodingPipeline):
             # suppression and the timestamp rules), as openai-whisper sums them.
             if recorder is not None:
                 scores = recorder.finish(output.sequences)
-            elif options.beam_size == 1:  # assisted: the kept tokens' scores, normalized as the recorder does
-                picked = output.sequences[:, -len(output.scores):]
-                scores = torch.stack([torch.log_softmax(step, dim=-1).gather(1, picked[:, i : i + 1])[:, 0] for i, step in enumerate(output.scores)], dim=1)
+            elif options.beam_size == 1:  # assisted: only the kept tokens' scores, normalized the same way
+                scores = TokenLogprobs.from_output_scores(output.scores, output.sequences)
             else:
                 scores = self.model.compute_transition_scores(output.sequences, output.scores, output.beam_indices)
         hypotheses = []
