@@ -222,17 +222,16 @@ class CAMPPlus(Model):
         return self.xvector.dense(self.xvector.stats(x, weights=weights))
 
     @torch.inference_mode()
-    def embed_chunks(self, waveform: torch.Tensor, masks: torch.Tensor, chunk_starts: list[float], chunk_duration: float, block_seconds: float = BLOCK_SECONDS, margin_seconds: float = MARGIN_SECONDS) -> torch.Tensor:
+    def embed_chunks(self, features: torch.Tensor, masks: torch.Tensor, chunk_starts: list[float], chunk_duration: float) -> torch.Tensor:
         """Embeddings of every (chunk, local speaker) of a segmentation, from one pass over the audio.
 
-        ``waveform``: (1, samples); ``masks``: (chunks, frames, speakers) speaker activity over each
-        chunk of ``chunk_duration`` seconds starting at ``chunk_starts``. Returns (chunks, speakers,
-        dimension), pooled as ``forward`` pools (a chunk starting past the recording's end: NaN).
+        ``features``: ``recording_features`` of the recording; ``masks``: (chunks, frames, speakers)
+        speaker activity over each chunk of ``chunk_duration`` seconds starting at ``chunk_starts``.
+        Returns (chunks, speakers, dimension), pooled as ``forward`` pools (a chunk starting past the
+        recording's end: NaN).
 
         Overlapping chunks share most of their audio: the frame features are computed once for the
-        whole recording (in blocks, with context on both sides, so memory stays bounded on long
-        audio) and only the weighted pooling runs per chunk and speaker."""
-        features = self.recording_features(waveform, block_seconds, margin_seconds)
+        whole recording and only the weighted pooling runs per chunk and speaker."""
         rate = self.FEATURE_RATE
         chunk_frames = round(chunk_duration * rate)
         num_chunks, _, num_speakers = masks.shape
@@ -248,10 +247,23 @@ class CAMPPlus(Model):
             embeddings[c] = self.xvector.dense(pooled[0])
         return embeddings
 
+    @torch.inference_mode()
+    def embed_windows(self, features: torch.Tensor, weights: torch.Tensor, window_frames: int, hop_frames: int, batch_size: int = 256) -> torch.Tensor:
+        """Embeddings of sliding windows over ``recording_features``: window i pools frames
+        ``[i * hop_frames, i * hop_frames + window_frames)``, each frame weighted by ``weights``
+        (frames,) (0: the frame does not count); frames past the end of either are not covered.
+        Returns (windows, dimension)."""
+        length = min(features.shape[-1], weights.shape[-1])
+        features, weights = features[..., :length], weights[:length]
+        windows = features[0].unfold(-1, window_frames, hop_frames).transpose(0, 1)  # (windows, channels, frames): a view
+        window_weights = weights.unfold(-1, window_frames, hop_frames)
+        parts = [self.xvector.dense(self.xvector.stats(windows[i : i + batch_size], weights=window_weights[i : i + batch_size])) for i in range(0, len(windows), batch_size)]
+        return torch.cat(parts) if parts else features.new_empty((0, self.dimension))
+
     # fbank frames every 10 ms, halved by the first TDNN layer's stride
     FEATURE_RATE = 50.0
 
-    def recording_features(self, waveform: torch.Tensor, block_seconds: float, margin_seconds: float) -> torch.Tensor:
+    def recording_features(self, waveform: torch.Tensor, block_seconds: float = BLOCK_SECONDS, margin_seconds: float = MARGIN_SECONDS) -> torch.Tensor:
         """(1, samples) -> (1, channels, frames at FEATURE_RATE) over the whole recording."""
         sample_rate = self.input_rate
         samples = waveform.shape[-1]

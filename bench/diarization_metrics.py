@@ -34,7 +34,7 @@ DEFAULT_DATA_DIR = Path(os.environ.get("ASR_DATA_DIR", REPO_DIR.parent / "shared
 class StageTimer:
     """CPU time of the pipeline's stages, from pyannote's hook calls (each marks a stage's end)."""
 
-    STAGES = {"segmentation": "segmentation", "speaker_counting": "segmentation", "embeddings": "embedding", "discrete_diarization": "clustering + reconstruction"}
+    STAGES = {"segmentation": "segmentation", "speaker_counting": "segmentation", "embeddings": "embedding", "discrete_diarization": "clustering, reconstruction, reassignment"}
 
     def __init__(self) -> None:
         self.totals = {"vad": 0.0, **{name: 0.0 for name in dict.fromkeys(self.STAGES.values())}, "output": 0.0}

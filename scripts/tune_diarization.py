@@ -8,7 +8,7 @@ computed once per item and cached; each trial re-runs only clustering and recons
 objective is pyannote's own: aggregate DER over the dev items, collar 0, overlap scored, inside each
 item's UEM; among parameters within ``TIE`` of the lowest, more right speaker counts win.
 
-    python scripts/tune_diarization.py [--grid small|medium|wide] [--objective der|counts]
+    python scripts/tune_diarization.py [--grid small|reassignment|medium|wide] [--objective der|counts]
 
 prints the configured and the fitted (best on all items) parameters' figures, and the leave-one-out
 cross-validated figure: each item scored with the parameters best on the other items.
@@ -149,12 +149,26 @@ def aggregate(per_item: list[Errors], collar: float) -> float:
 
 
 GRIDS = {
-    # around the configured values (12 points)
-    "small": {"threshold": [0.65, 0.7, 0.75], "min_cluster_size": [6, 12], "min_active_ratio": [0.02, 0.05], "small_cluster_threshold": [0.5]},
-    # the same, small_cluster_threshold free too (36 points)
-    "medium": {"threshold": [0.65, 0.7, 0.75], "min_cluster_size": [6, 12], "min_active_ratio": [0.02, 0.05], "small_cluster_threshold": [0.3, 0.5, 0.7]},
-    # wider (180 points): more freedom to overfit nine items; 2.0 never keeps a small cluster (pyannote's rule)
-    "wide": {"threshold": [0.6, 0.65, 0.7, 0.75, 0.8], "min_cluster_size": [3, 6, 12], "min_active_ratio": [0.02, 0.05, 0.1], "small_cluster_threshold": [0.3, 0.5, 0.7, 2.0]},
+    # around the configured values (24 points)
+    "small": {
+        "clustering": {"threshold": [0.65, 0.7, 0.75], "min_cluster_size": [6, 12], "min_active_ratio": [0.02, 0.05], "small_cluster_threshold": [0.5]},
+        "reassignment": {"window_s": [1.0], "margin": [0.1, 2.0]},
+    },
+    # the clustering as configured, the reassignment's window and margin free (15 points)
+    "reassignment": {
+        "clustering": {},
+        "reassignment": {"window_s": [1.0, 1.5, 2.0], "margin": [0.0, 0.05, 0.1, 0.2, 2.0]},
+    },
+    # small_cluster_threshold and the reassignment free too (360 points)
+    "medium": {
+        "clustering": {"threshold": [0.65, 0.7, 0.75], "min_cluster_size": [6, 12], "min_active_ratio": [0.02, 0.05], "small_cluster_threshold": [0.3, 0.5, 0.7]},
+        "reassignment": {"window_s": [1.0, 1.5], "margin": [0.0, 0.05, 0.1, 0.2, 2.0]},
+    },
+    # wider: more freedom to overfit nine items; 2.0 never keeps a small cluster (pyannote's rule), a margin of 2.0 never reassigns
+    "wide": {
+        "clustering": {"threshold": [0.6, 0.65, 0.7, 0.75, 0.8], "min_cluster_size": [3, 6, 12], "min_active_ratio": [0.02, 0.05, 0.1], "small_cluster_threshold": [0.3, 0.5, 0.7, 2.0]},
+        "reassignment": {"window_s": [1.0, 2.0], "margin": [0.0, 0.1, 0.2, 2.0]},
+    },
 }
 TIE = 0.001  # aggregate DER differences under this (0.15 s of the dev speech) are ties, broken by speaker counts
 
@@ -185,7 +199,16 @@ def main() -> None:
         return params, [e for e, _ in results], [n == expected > 0 for (_, n), expected in zip(results, references)]
 
     # Every grid point on every item, once: (params, per-item errors, per-item right count).
-    trials = [run({"segmentation": default["segmentation"], "clustering": {**default["clustering"], **dict(zip(grid, values))}}) for values in itertools.product(*grid.values())]
+    names = [(group, name) for group, values in grid.items() for name in values]
+    points = itertools.product(*(values for group in grid.values() for values in group.values()))
+
+    def grid_point(values: tuple) -> dict:
+        params = {group: dict(default[group]) for group in default}
+        for (group, name), value in zip(names, values):
+            params[group][name] = value
+        return params
+
+    trials = [run(grid_point(values)) for values in points]
 
     def best(indices: list[int]) -> tuple:
         # lowest aggregate DER (collar 0) over these items; near-ties go to more right speaker counts
@@ -198,7 +221,7 @@ def main() -> None:
     everything = list(range(len(items)))
     print(f"grid: {grid} ({len(trials)} points); objective: {args.objective}")
     for name, (params, errors, counts) in (("configured", run(default)), ("fitted on all items", best(everything))):
-        print(f"{name}: DER collar 0 {aggregate(errors, 0.0):.4f}, collar 0.25 {aggregate(errors, 0.25):.4f}; right speaker count {sum(counts)} of {sum(r > 0 for r in references)}; {params['clustering']}")
+        print(f"{name}: DER collar 0 {aggregate(errors, 0.0):.4f}, collar 0.25 {aggregate(errors, 0.25):.4f}; right speaker count {sum(counts)} of {sum(r > 0 for r in references)}; {params['clustering']} {params['reassignment']}")
         print("  speakers found / reference: " + ", ".join(f"{item.id.removeprefix('pyannote_ami_debug_')} {n}/{r}" for item, n, r in zip(items, found[repr(params)], references)))
     # Leave-one-out: each item is scored with the parameters that are best on the other items.
     held_out, right = [], 0
@@ -208,7 +231,7 @@ def main() -> None:
         held_out.append(errors[i])
         right += counts[i]
         rates = [errors[i][c][0] / errors[i][c][1] if errors[i][c][1] else float("nan") for c in COLLARS]
-        print(f"  {items[i].id:30} DER {rates[0]:.3f} / {rates[1]:.3f}, speakers {found[repr(params)][i]} of {references[i]}; {params['clustering']}")
+        print(f"  {items[i].id:30} DER {rates[0]:.3f} / {rates[1]:.3f}, speakers {found[repr(params)][i]} of {references[i]}; {params['clustering']} {params['reassignment']}")
     print(f"leave-one-out: DER collar 0 {aggregate(held_out, 0.0):.4f}, collar 0.25 {aggregate(held_out, 0.25):.4f}; right speaker count {right}")
 
 

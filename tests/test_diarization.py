@@ -35,13 +35,13 @@ DER_BOUNDS = {  # id: (collar 0, collar 0.25 s)
     "pyannote_sample": (0.10, 0.05),
     "fw_stereo_diarization": (0.15, 0.08),
 }
-# The 7 AMI excerpts together (aggregate DER, collar 0; measured 0.31): quiet far-field meetings with
-# 1-4 speakers and overlap, where segmentation-3.0 misses backchannels. 0.37 leaves 20 % headroom.
-AMI_AGGREGATE_BOUND = 0.37
-# Items with speakers whose speaker count must come out right (measured: 6 of 9, all but AMI dev00,
-# 2 speakers found as 1, trn00, 3 found as 2, and trn01, 4 speakers in 3 s of backchannels that
-# neither Silero nor segmentation-3.0 hears).
-MIN_RIGHT_SPEAKER_COUNTS = 6
+# The 7 AMI excerpts together (aggregate DER, collar 0; measured 0.24): quiet far-field meetings with
+# 1-4 speakers and overlap, where segmentation-3.0 misses backchannels. 0.29 leaves 20 % headroom.
+AMI_AGGREGATE_BOUND = 0.29
+# Items with speakers whose speaker count must come out right (measured: 7 of 9, all but AMI trn00,
+# 3 found as 2, and trn01, 4 speakers in 3 s of backchannels that neither Silero nor segmentation-3.0
+# hears).
+MIN_RIGHT_SPEAKER_COUNTS = 7
 
 
 def samples(item_id: str) -> np.ndarray:
@@ -143,6 +143,67 @@ def test_speaker_counts_on_the_dev_items(dev_results):
     counts = {item.id: (len(item.reference.labels()), len(h.labels())) for item, h in dev_results if item.reference.labels()}
     assert len(counts) == 9
     assert sum(reference == found for reference, found in counts.values()) >= MIN_RIGHT_SPEAKER_COUNTS, counts
+
+
+def test_reassignment_gives_the_quiet_speaker_of_a_meeting_its_speech(dev_results):
+    """AMI dev00: the second participant (8 s of 28) is a cluster of its own, but most segmentation
+    chunks merge the two voices, so reconstruction alone gave every frame to the first speaker
+    (1 speaker found, DER 0.32); the window reassignment gives the second one its turns back."""
+    item, hypothesis = next((item, h) for item, h in dev_results if item.id == "pyannote_ami_debug_dev00")
+    assert len(hypothesis.labels()) == 2
+    assert der(item, hypothesis, collar=0.0)[0] < 0.2
+
+
+def _window_embedder(voice_of_window):
+    """A stand-in for CAMPPlus.embed_windows: window i's embedding is ``voice_of_window(centre s)``."""
+
+    def embed_windows(weights, window_frames, hop_frames):
+        count = (len(weights) - window_frames) // hop_frames + 1
+        return np.stack([voice_of_window((i * hop_frames + window_frames / 2) / 50) for i in range(count)])
+
+    return embed_windows
+
+
+def test_window_reassignment_moves_windows_nearer_another_centroid():
+    from pyannote.core import SlidingWindow, SlidingWindowFeature
+
+    from diarization_pipeline import WindowReassignment
+
+    voices = np.eye(2, 8)
+    frames = SlidingWindow(start=0.0, duration=0.02, step=0.02)
+    activity = np.zeros((300, 2))  # 6 s, all given to speaker 0
+    activity[:, 0] = 1
+    activity[250:, 1] = 1  # the last second overlapped
+    second_voice = _window_embedder(lambda t: voices[1] if 2.0 <= t < 4.0 or t >= 5.0 else voices[0])
+    stage = WindowReassignment()
+    stage.instantiate({"window_s": 1.0, "margin": 0.1})
+    result = stage(SlidingWindowFeature(activity, frames), voices, second_voice, 50.0).data
+    moved = np.flatnonzero(result[:, 1] - activity[:, 1])
+    # the middle hops of the windows centred in [2, 4) s: 2.0 s..4.0 s, give or take a hop
+    assert 1.85 <= moved[0] * 0.02 <= 2.15 and 3.75 <= moved[-1] * 0.02 <= 4.0
+    assert (result[moved, 0] == 0).all()
+    assert (result[250:] == 1).all()  # overlapped frames are not touched
+    # a margin no similarity gap can reach: nothing moves
+    stage.instantiate({"window_s": 1.0, "margin": 2.0})
+    assert np.array_equal(stage(SlidingWindowFeature(activity, frames), voices, second_voice, 50.0).data, activity)
+
+
+def test_window_reassignment_never_drops_a_speaker():
+    from pyannote.core import SlidingWindow, SlidingWindowFeature
+
+    from diarization_pipeline import WindowReassignment
+
+    voices = np.eye(2, 8)
+    activity = np.zeros((200, 2))
+    activity[:, 0] = 1
+    # speaker 1: 1.58-2.54 s, exactly the middle hops of four windows (0.24 s hops) where it holds most
+    # of the window, and all four sound like speaker 0
+    activity[79:127] = [0, 1]
+    stage = WindowReassignment()
+    stage.instantiate({"window_s": 1.0, "margin": 0.1})
+    everyone_sounds_like_speaker_0 = _window_embedder(lambda t: voices[0])
+    diarization = SlidingWindowFeature(activity, SlidingWindow(start=0.0, duration=0.02, step=0.02))
+    assert np.array_equal(stage(diarization, voices, everyone_sounds_like_speaker_0, 50.0).data, activity)
 
 
 def test_one_pass_embeddings_match_the_per_chunk_ones(diarizer):
