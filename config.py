@@ -25,7 +25,7 @@ MAX_REFERENCE_SECONDS = 10.0
 MAX_SPEAKER_NAME_LENGTH = 64
 # Cosine similarity at which a reference names a cluster: calibrated on the dev diarization set
 # (scripts/calibrate_speaker_id.py; distributions in the README).
-DEFAULT_SPEAKER_MATCH_THRESHOLD = 0.51
+DEFAULT_SPEAKER_MATCH_THRESHOLD = 0.46
 
 
 class ModelSettings(BaseSettings):
