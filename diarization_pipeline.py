@@ -151,9 +151,11 @@ class WindowReassignment(Pipeline):
             return diarization
         result = activity.copy()
         centres = frames.start + frames.duration / 2 + frames.step * np.arange(len(activity))
-        for start, old, new in zip(starts[moved], current[moved], nearest[moved]):
-            middle = (start + (window_frames - hop_frames) / 2) / frame_rate
-            span = (centres >= middle) & (centres < middle + hop_frames / frame_rate) & single & (result[:, old] == 1)
+        middles = (starts[moved] + (window_frames - hop_frames) / 2) / frame_rate
+        firsts = np.searchsorted(centres, middles)
+        lasts = np.searchsorted(centres, middles + hop_frames / frame_rate)
+        for first, last, old, new in zip(firsts, lasts, current[moved], nearest[moved]):
+            span = first + np.flatnonzero(single[first:last] & (result[first:last, old] == 1))
             result[span, old], result[span, new] = 0, 1
         # Reassignment may bring back a speaker that reconstruction lost, never drop one it kept.
         if (result.sum(axis=0) > 0).sum() < (activity.sum(axis=0) > 0).sum():

@@ -263,6 +263,7 @@ class CAMPPlus(Model):
     # fbank frames every 10 ms, halved by the first TDNN layer's stride
     FEATURE_RATE = 50.0
 
+    @torch.inference_mode()
     def recording_features(self, waveform: torch.Tensor, block_seconds: float = BLOCK_SECONDS, margin_seconds: float = MARGIN_SECONDS) -> torch.Tensor:
         """(1, samples) -> (1, channels, frames at FEATURE_RATE) over the whole recording."""
         sample_rate = self.input_rate
