@@ -74,7 +74,7 @@ class SpeakerClustering(AgglomerativeClustering):
         num_embeddings = embeddings.shape[0]
         if num_embeddings < 2 or num_clusters is not None:
             return super().cluster(embeddings, min_clusters=min_clusters, max_clusters=max_clusters, num_clusters=num_clusters)
-        unit = embeddings / np.linalg.norm(embeddings, axis=-1, keepdims=True)
+        unit = _unit(embeddings)
         # centroid linkage on unit vectors (as pyannote does for the cosine metric)
         clusters = fcluster(linkage(unit, method=self.method, metric="euclidean"), self.threshold, criterion="distance") - 1
         labels, sizes = np.unique(clusters, return_counts=True)
@@ -92,8 +92,9 @@ class SpeakerClustering(AgglomerativeClustering):
         return np.array([index[k] if k in index else int(np.argmax(kept_centroids @ x)) for k, x in zip(clusters, unit)])
 
 
-def _unit(vector: np.ndarray) -> np.ndarray:
-    return vector / np.linalg.norm(vector)
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Vectors (the last axis) scaled to unit length."""
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
 class WindowReassignment(Pipeline):
@@ -142,8 +143,7 @@ class WindowReassignment(Pipeline):
         per_window = counts[starts + window_frames] - counts[starts]
         voiced = per_window.sum(axis=1) >= window_frames / 2
         current = per_window.argmax(axis=1)
-        unit = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
-        similarity = (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)) @ unit.T
+        similarity = _unit(embeddings) @ _unit(centroids).T
         nearest = similarity.argmax(axis=1)
         rows = np.arange(len(embeddings))
         moved = voiced & (nearest != current) & (similarity[rows, nearest] - similarity[rows, current] > self.margin)

@@ -215,7 +215,7 @@ class CAMPPlus(Model):
         if unique.shape[-1] > self.BLOCK_SECONDS * self.input_rate:
             # A long clip (a speaker's centroid over a minute of speech) in blocks, as embed_chunks
             # does: the front end's activations would otherwise grow with the clip (~0.5 GB a minute).
-            x = torch.cat([self.recording_features(waveform, self.BLOCK_SECONDS, self.MARGIN_SECONDS) for waveform in unique])[inverse]
+            x = torch.cat([self.recording_features(waveform) for waveform in unique])[inverse]
         else:
             x = self.frame_features(unique)[inverse]
         # StatsPool interpolates the (batch, frames) weights to the pooled sequence's frame rate.
