@@ -319,8 +319,11 @@ class WhisperTranscriber(DecodingPipeline):
             torch.manual_seed(SAMPLING_SEED)
         if options.assisted:
             kwargs["assistant_model"] = self.assistant
-        else:  # with pad == eos, generate cannot infer the mask; transformers 4.51 refuses it with a decoder-only draft
+        else:  # with pad == eos, generate cannot infer the masks; transformers 4.51 refuses them with a decoder-only draft
             kwargs["decoder_attention_mask"] = torch.ones_like(prompt)
+            # Every encoder position is real (windows are padded to 30 s as Whisper was trained):
+            # saying so stops generate's warning about a batch without an attention mask.
+            kwargs["attention_mask"] = torch.ones(encoded.hidden.shape[:2], dtype=torch.long, device=self.device)
         started = time.perf_counter()
         with torch.inference_mode():
             if options.assisted and self.assistant.config.is_encoder_decoder:
