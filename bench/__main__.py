@@ -31,20 +31,17 @@ import psutil
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
 
-DATA_DIR = Path(os.environ.get("ASR_DATA_DIR", REPO_DIR.parent / "shared" / "data"))
 BASE = REPO_DIR / "models" / "whisper-base"
 BASE_CT2 = REPO_DIR / "models" / "whisper-base-ct2"
 
 
 def load_set(name: str) -> list[dict]:
     from audio import load_audio
+    from bench.data import manifest_rows
 
-    rows = []
-    for line in (DATA_DIR / name / "manifest.jsonl").read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            row["samples"] = load_audio((DATA_DIR / name / row["audio"]).read_bytes(), 16000, 1e9).samples
-            rows.append(row)
+    rows = manifest_rows(name)
+    for row in rows:
+        row["samples"] = load_audio(Path(row["audio"]).read_bytes(), 16000, 1e9).samples
     return rows
 
 

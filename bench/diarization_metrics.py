@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "scripts")]
-DEFAULT_DATA_DIR = Path(os.environ.get("ASR_DATA_DIR", REPO_DIR.parent / "shared" / "data"))
+from bench.data import data_dir  # noqa: E402
 
 
 class StageTimer:
@@ -123,7 +122,7 @@ def cpwer(reference: dict[str, str], turns: list[tuple[str, str]]):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--data-dir", type=Path, default=data_dir())
     parser.add_argument("--pipeline", default=str(REPO_DIR / "models" / "pyannote-diarization"))
     parser.add_argument("--asr-model", default=str(REPO_DIR / "models" / "whisper-base"))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")

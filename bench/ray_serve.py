@@ -25,7 +25,6 @@ from pathlib import Path
 import httpx
 
 REPO_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("ASR_DATA_DIR", REPO_DIR.parent / "shared" / "data"))
 
 
 class RayServeProcess:
@@ -71,8 +70,9 @@ class RayServeProcess:
 
 
 def clips() -> list[tuple[bytes, float]]:
-    rows = [json.loads(line) for line in (DATA_DIR / "asr_short" / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    return [((DATA_DIR / "asr_short" / row["audio"]).read_bytes(), float(row["duration"])) for row in rows if row["duration"] <= 15]
+    from bench.data import manifest_rows
+
+    return [(Path(row["audio"]).read_bytes(), float(row["duration"])) for row in manifest_rows("asr_short") if row["duration"] <= 15]
 
 
 async def load(url: str, audio: list[tuple[bytes, float]], clients: int, requests: int) -> dict:

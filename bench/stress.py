@@ -48,8 +48,9 @@ import numpy as np
 import psutil
 import soundfile
 
+from bench.data import data_dir
+
 REPO_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("ASR_DATA_DIR", REPO_DIR.parent / "shared" / "data"))
 HANDLER_SCENARIOS = ("one-hertz", "silence", "speech")
 SERVER_SCENARIOS = ("tt-burst", "slowloris", "concurrent-long")
 SCENARIOS = HANDLER_SCENARIOS + SERVER_SCENARIOS
@@ -118,15 +119,14 @@ def dev_speech() -> list[np.ndarray]:
     """Every dev clip with speech, at 16 kHz, in manifest order."""
     sys.path.insert(0, str(REPO_DIR))
     from audio import load_audio
+    from bench.data import manifest_rows
 
     clips = []
     for folder in ("asr_short", "asr_long", "diarization"):
-        for line in (DATA_DIR / folder / "manifest.jsonl").read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                samples = load_audio((DATA_DIR / folder / row["audio"]).read_bytes()).samples
-                if len(samples) > 16000 * 2:  # the 1 s silence item and such add nothing
-                    clips.append(samples)
+        for row in manifest_rows(folder):
+            samples = load_audio(Path(row["audio"]).read_bytes()).samples
+            if len(samples) > 16000 * 2:  # the 1 s silence item and such add nothing
+                clips.append(samples)
     return clips
 
 
@@ -221,7 +221,7 @@ def whisper_tt_body(path: Path) -> dict:
 
 
 async def tt_burst(url: str, requests: int) -> dict:
-    body = whisper_tt_body(DATA_DIR / "asr_short" / SHORT_CLIP)
+    body = whisper_tt_body(data_dir() / "asr_short" / SHORT_CLIP)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as client:
@@ -256,7 +256,7 @@ def trickle(url: str, seconds: float = 60.0) -> bytes:
 
 
 def slowloris(url: str, trickling: int = 17, normal: int = 8) -> dict:
-    clip = (DATA_DIR / "asr_short" / SHORT_CLIP).read_bytes()
+    clip = (data_dir() / "asr_short" / SHORT_CLIP).read_bytes()
 
     def timed_post() -> tuple[int, float]:
         started = time.perf_counter()

@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO_DIR / "scripts"))
 
 from pyannote.core import Annotation, Segment  # noqa: E402
 from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: E402
-from tune_diarization import DEFAULT_DATA_DIR, DEFAULT_PIPELINE, dev_items  # noqa: E402
+from bench.data import data_dir  # noqa: E402
+from tune_diarization import DEFAULT_PIPELINE, dev_items  # noqa: E402
 
 from audio import load_audio  # noqa: E402
 from config import MAX_REFERENCE_SECONDS, MIN_REFERENCE_SECONDS, ModelSettings  # noqa: E402
@@ -61,7 +62,7 @@ def exclusive_clip(reference: Annotation, speaker: str, samples: np.ndarray) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--data-dir", type=Path, default=data_dir())
     parser.add_argument("--pipeline", default=str(DEFAULT_PIPELINE))
     parser.add_argument("--json", type=Path, help="write the similarities and the chosen threshold here")
     args = parser.parse_args()

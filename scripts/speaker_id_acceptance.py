@@ -31,7 +31,8 @@ from calibrate_speaker_id import exclusive_clip  # noqa: E402
 from pyannote.core import Annotation, Segment  # noqa: E402
 from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: E402
 from speaker_clips import DIANE_REFERENCE, RATE, SCORED_SPANS, SHEILA_REFERENCE, two_speaker_call  # noqa: E402
-from tune_diarization import DEFAULT_DATA_DIR, DEFAULT_PIPELINE, dev_items  # noqa: E402
+from bench.data import data_dir  # noqa: E402
+from tune_diarization import DEFAULT_PIPELINE, dev_items  # noqa: E402
 
 from audio import load_audio  # noqa: E402
 from config import ModelSettings  # noqa: E402
@@ -61,7 +62,7 @@ def person_label(reference: Annotation, span: tuple[float, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--data-dir", type=Path, default=data_dir())
     parser.add_argument("--pipeline", default=str(DEFAULT_PIPELINE))
     args = parser.parse_args()
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -35,7 +34,8 @@ from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: E402
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
-DEFAULT_DATA_DIR = Path(os.environ.get("ASR_DATA_DIR", REPO_DIR.parent / "shared" / "data"))
+from bench.data import data_dir, manifest_rows  # noqa: E402
+
 DEFAULT_PIPELINE = REPO_DIR / "models" / "pyannote-diarization"
 
 
@@ -51,22 +51,21 @@ class DevItem:
         return {"uri": self.id, "waveform": self.samples, "sample_rate": 16000}
 
 
-def dev_items(data_dir: Path = DEFAULT_DATA_DIR) -> list[DevItem]:
-    """Every row of ``diarization/manifest.jsonl`` that has an RTTM reference."""
+def dev_items(root: Path | None = None) -> list[DevItem]:
+    """Every row of the dev data's ``diarization`` manifest (under ``root``, by default
+    :func:`bench.data.data_dir`) that has an RTTM reference."""
     from audio import load_audio
 
-    folder = data_dir / "diarization"
     items = []
-    for line in (folder / "manifest.jsonl").read_text().splitlines():
-        row = json.loads(line) if line.strip() else None
-        if not row or not row.get("rttm"):
+    for row in manifest_rows("diarization", root):
+        if not row.get("rttm"):
             continue
-        annotations = load_rttm(folder / row["rttm"])
+        annotations = load_rttm(row["rttm"])
         # RTTM uris differ from manifest ids (and an empty RTTM has none): one file, one annotation.
         reference = next(iter(annotations.values())) if annotations else Annotation(uri=row["id"])
-        uem = next(iter(load_uem(folder / row["uem"]).values())) if row.get("uem") else None
-        audio = load_audio((folder / row["audio"]).read_bytes())
-        items.append(DevItem(row["id"], folder / row["audio"], reference, uem, torch.from_numpy(audio.samples).unsqueeze(0)))
+        uem = next(iter(load_uem(row["uem"]).values())) if row.get("uem") else None
+        audio = load_audio(Path(row["audio"]).read_bytes())
+        items.append(DevItem(row["id"], Path(row["audio"]), reference, uem, torch.from_numpy(audio.samples).unsqueeze(0)))
     return items
 
 
@@ -175,7 +174,7 @@ TIE = 0.001  # aggregate DER differences under this (0.15 s of the dev speech) a
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--data-dir", type=Path, default=data_dir())
     parser.add_argument("--pipeline", type=Path, default=DEFAULT_PIPELINE)
     parser.add_argument("--grid", choices=GRIDS, default="small")
     parser.add_argument("--objective", choices=("der", "counts"), default="der", help="der: lowest aggregate DER (near-ties: more right counts); counts: most right speaker counts, then lowest DER")

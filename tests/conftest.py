@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -17,32 +16,17 @@ import pytest
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
 
-# The shared dev data sits beside the repository (../shared/data); ASR_DATA_DIR overrides.
-DATA_DIR = Path(os.environ.get("ASR_DATA_DIR", REPO_DIR.parent / "shared" / "data"))
+from bench.data import data_dir, manifest_rows  # noqa: E402,F401  (manifest_rows: tests import it from here)
+
+DATA_DIR = data_dir()
 MODELS_DIR = REPO_DIR / "models"
 BASE_MODEL = MODELS_DIR / "whisper-base"
 TINY_EN_MODEL = MODELS_DIR / "whisper-tiny.en"
 DIARIZATION_MODEL = MODELS_DIR / "pyannote-diarization"
 
 
-def load_manifest(name: str) -> list[dict]:
-    """Rows of ``DATA_DIR/<name>/manifest.jsonl`` with ``audio`` made absolute."""
-    manifest = DATA_DIR / name / "manifest.jsonl"
-    if not manifest.exists():
-        raise FileNotFoundError(f"dev data not found at {manifest}; set ASR_DATA_DIR")
-    rows = []
-    for line in manifest.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            for key in ("audio", "rttm", "uem", "stm"):
-                if row.get(key):
-                    row[key] = str(DATA_DIR / name / row[key])
-            rows.append(row)
-    return rows
-
-
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
+@pytest.fixture(name="data_dir", scope="session")
+def data_dir_fixture() -> Path:
     return DATA_DIR
 
 

@@ -13,7 +13,7 @@ import io
 
 import numpy as np
 import soundfile
-from conftest import load_manifest
+from conftest import manifest_rows
 
 from audio import load_audio
 
@@ -21,7 +21,7 @@ RATE = 16000
 DIANE_REFERENCE, SHEILA_REFERENCE = (11.03, 14.40), (22.00, 27.80)
 SCORED_SPANS = [(0.0, 11.0), (14.45, 21.9), (27.85, 30.0)]
 ABSENT_REFERENCE = ("pyannote_ami_debug_dev00", (1.5, 9.5))
-DIARIZATION_ITEMS = {row["id"]: row for row in load_manifest("diarization")}
+DIARIZATION_ITEMS = {row["id"]: row for row in manifest_rows("diarization")}
 
 
 def item_samples(item_id: str) -> np.ndarray:

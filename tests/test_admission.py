@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
-from conftest import TINY_EN_MODEL, load_manifest
+from conftest import TINY_EN_MODEL, manifest_rows
 from fake_handler import FakeHandler
 from test_server_app import FLAC, serving, start_held_request, whisper_tt_body
 
@@ -25,9 +25,9 @@ from errors import AudioTooLong, QueueFull, ServiceUnavailable
 from server.admission import Admission
 
 pytestmark = pytest.mark.anyio
-ROWS = {row["id"]: row for row in load_manifest("asr_short")}
+ROWS = {row["id"]: row for row in manifest_rows("asr_short")}
 CLIP = ROWS["1272-141231-0000"]  # 4.65 s LibriSpeech dev-clean flac
-LONG = load_manifest("asr_long")[0]  # 2.7 min LibriVox reading
+LONG = manifest_rows("asr_long")[0]  # 2.7 min LibriVox reading
 
 
 @pytest.fixture

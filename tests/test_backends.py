@@ -16,7 +16,7 @@ from whisper_normalizer.english import EnglishTextNormalizer
 
 from audio import load_audio
 from config import InferenceConfig, ModelSettings
-from conftest import BASE_MODEL, REPO_DIR, load_manifest
+from conftest import BASE_MODEL, REPO_DIR, manifest_rows
 from errors import AudioDecodeError, ModelNotConfigured, RequestCancelled
 from handler import EndpointHandler
 
@@ -24,7 +24,7 @@ normalize = EnglishTextNormalizer()
 JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 # Three short dev items (LibriSpeech, 5-30 s): enough to catch a broken decode, stitch or token
 # prompt (those cost far more than 0.1), few enough for 2 CPU cores.
-ITEMS = [row for row in load_manifest("asr_short") if row.get("text") and row["duration"] <= 30][:3]
+ITEMS = [row for row in manifest_rows("asr_short") if row.get("text") and row["duration"] <= 30][:3]
 MAX_WER = 0.2
 
 
@@ -94,7 +94,7 @@ def test_micro_batch_keeps_each_failure_to_its_request(ct2_handler, audio_bytes)
 
 
 def test_long_form_ct2_stitches_the_whole_recording(ct2_handler):
-    row = next(r for r in load_manifest("asr_long") if r.get("text"))
+    row = next(r for r in manifest_rows("asr_long") if r.get("text"))
     samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples
     delivered: list[list] = []
     response = ct2_handler.transcribe(samples, InferenceConfig(sampling_rate=16000), on_segments=delivered.append)
@@ -107,7 +107,7 @@ def test_long_form_ct2_stitches_the_whole_recording(ct2_handler):
 
 
 def test_cancelling_stops_decoding_at_the_next_window(ct2_handler):
-    row = next(r for r in load_manifest("asr_long") if r.get("text"))
+    row = next(r for r in manifest_rows("asr_long") if r.get("text"))
     samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples[: 75 * 16000]
     cancelled = threading.Event()
     delivered: list[list] = []
@@ -159,7 +159,7 @@ def trimmed_handler() -> EndpointHandler:
 def test_trimmed_windows_keep_the_wer_of_the_short_set(trimmed_handler):
     """All 25 dev short clips (252 s). Measured WER 0.0905 trimmed, 0.0874 in full windows, 0.0936
     for faster-whisper's batched pipeline; a clip lost or cut short costs 0.015 or more."""
-    rows = [row for row in load_manifest("asr_short") if row.get("text")]
+    rows = [row for row in manifest_rows("asr_short") if row.get("text")]
     responses = [trimmed_handler.transcribe(open(row["audio"], "rb").read(), InferenceConfig()) for row in rows]
     score = jiwer.wer([normalize(row["text"]) for row in rows], [normalize(r.text) for r in responses])
     assert score <= 0.095, score
@@ -176,7 +176,7 @@ def test_trimmed_micro_batch_equals_one_at_a_time(trimmed_handler, audio_bytes):
 
 
 def test_trimmed_windows_leave_long_audio_and_untimed_requests_alone(trimmed_handler, ct2_handler, audio_bytes):
-    row = next(r for r in load_manifest("asr_long") if r.get("text"))
+    row = next(r for r in manifest_rows("asr_long") if r.get("text"))
     samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples[: 16000 * 70]
     assert trimmed_handler.transcribe(samples, InferenceConfig(sampling_rate=16000)).text == ct2_handler.transcribe(samples, InferenceConfig(sampling_rate=16000)).text
     plain = InferenceConfig(timestamps="none")  # nothing to check a trimmed window's result against
@@ -279,7 +279,7 @@ def test_transformers_on_cpu_decodes_a_few_windows_per_pass(handler, monkeypatch
         return encode(features)
 
     monkeypatch.setattr(handler.transcriber, "encode", counting_encode)
-    sonnets = next(row for row in load_manifest("asr_long") if row["id"].startswith("librivox_shakespeare_sonnets"))
+    sonnets = next(row for row in manifest_rows("asr_long") if row["id"].startswith("librivox_shakespeare_sonnets"))
     data = open(sonnets["audio"], "rb").read()
     asked = handler.transcribe(data, InferenceConfig(batch_size=24, language="en"))
     assert len(sizes) >= 3 and max(sizes) == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_DIR, TINY_EN_MODEL, load_manifest
+from conftest import REPO_DIR, TINY_EN_MODEL, manifest_rows
 
 # Short real clips: the job's plumbing is under test here, not the model on long audio.
 ITEMS = ["LJ002-0020", "LJ002-0035", "LDC93S1", "cmu_us_aew_arctic_a0003", "cmu_us_aew_arctic_a0001", "cmu_us_aew_arctic_a0002", "fleurs-en-004", "1272-141231-0000"]
@@ -25,7 +25,7 @@ def manifest(tmp_path_factory) -> Path:
     """The short clips plus a corrupt file, as a manifest with paths relative to it."""
     folder = tmp_path_factory.mktemp("batch-input")
     (folder / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEthis is not audio")
-    rows = [{"id": row["id"], "audio": row["audio"]} for row in load_manifest("asr_short") if row["id"] in ITEMS]
+    rows = [{"id": row["id"], "audio": row["audio"]} for row in manifest_rows("asr_short") if row["id"] in ITEMS]
     assert len(rows) == len(ITEMS)
     rows.append({"id": "corrupt", "audio": "corrupt.wav"})
     (folder / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, DIARIZATION_MODEL, REPO_DIR, load_manifest
+from conftest import DATA_DIR, DIARIZATION_MODEL, REPO_DIR, manifest_rows
 
 from audio import load_audio
 from config import InferenceConfig, ModelSettings
@@ -22,7 +22,7 @@ from vad import detect_speech
 sys.path.insert(0, str(REPO_DIR / "scripts"))
 from tune_diarization import as_hypothesis, der, dev_items  # noqa: E402
 
-DIARIZATION_ITEMS = {row["id"]: row for row in load_manifest("diarization")}
+DIARIZATION_ITEMS = {row["id"]: row for row in manifest_rows("diarization")}
 
 # Accuracy is measured on the endpoint's path (the handler's calls): vad.detect_speech, then
 # speech_diarization.diarize_speech over the speech regions only.

