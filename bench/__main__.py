@@ -4,7 +4,7 @@ under 1/4/8 concurrent clients. Prints a table and writes JSON.
 
     python -m bench [--systems ours-ct2,fw-int8-batched] [--sets asr_short,asr_long] [--no-server]
 
-WER: Whisper's English normalizer on both sides, corpus-level (jiwer) over the items that have a
+WER: Whisper's English normalizer on both sides, corpus-level (eval_client.metrics) over the items that have a
 reference. Peak RSS: the process's resident set sampled every 20 ms while a system runs (models of
 earlier systems are freed first, but the allocator may keep some: compare the server figure, its own
 process). Speed figures are only meaningful on an otherwise idle machine: the load average is recorded.
@@ -142,12 +142,11 @@ SYSTEMS: dict[str, Callable[[], Callable[[np.ndarray], str]]] = {
 
 
 def wer(rows: list[dict], hypotheses: list[str]) -> float | None:
-    import jiwer
-    from whisper_normalizer.english import EnglishTextNormalizer
+    from eval_client.metrics import corpus_wer
 
-    normalize = EnglishTextNormalizer()
-    pairs = [(normalize(r["text"]), normalize(h)) for r, h in zip(rows, hypotheses) if r.get("text")]
-    return round(jiwer.wer([p[0] for p in pairs], [p[1] for p in pairs]), 4) if pairs else None
+    pairs = [(r["text"], h) for r, h in zip(rows, hypotheses) if r.get("text")]
+    score = corpus_wer([p[0] for p in pairs], [p[1] for p in pairs])
+    return None if score is None else round(score, 4)
 
 
 def run_system(name: str, sets: dict[str, list[dict]]) -> dict:

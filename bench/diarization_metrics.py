@@ -111,9 +111,9 @@ def speaker_references(data_dir: Path) -> dict[str, dict[str, str]]:
 
 def cpwer(reference: dict[str, str], turns: list[tuple[str, str]]):
     from meeteval.wer.wer.cp import cp_word_error_rate
-    from whisper_normalizer.english import EnglishTextNormalizer
 
-    normalize = EnglishTextNormalizer()
+    from eval_client.metrics import normalize
+
     hypothesis: dict[str, str] = {}
     for speaker, text in turns:
         hypothesis[speaker] = f"{hypothesis.get(speaker, '')} {text}"

@@ -67,6 +67,12 @@ def total(counts: Sequence[EditCounts]) -> EditCounts:
     return sum(counts, EditCounts())
 
 
+def corpus_wer(references: Sequence[str], hypotheses: Sequence[str]) -> float | None:
+    """Word error rate of the pairs together: errors summed over reference words summed (not a
+    mean of per-item rates); None without reference words."""
+    return total([word_counts(r, h) for r, h in zip(references, hypotheses, strict=True)]).error_rate
+
+
 def deletions_only(reference: str) -> EditCounts:
     """A failed request scored as if it returned nothing: every reference word deleted."""
     return word_counts(reference, "")

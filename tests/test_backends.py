@@ -8,19 +8,17 @@ import io
 import threading
 
 import httpx
-import jiwer
 import numpy as np
 import pytest
 import soundfile
-from whisper_normalizer.english import EnglishTextNormalizer
 
 from audio import load_audio
 from config import InferenceConfig, ModelSettings
 from conftest import BASE_MODEL, REPO_DIR, manifest_rows
 from errors import AudioDecodeError, ModelNotConfigured, RequestCancelled
+from eval_client.metrics import corpus_wer, normalize
 from handler import EndpointHandler
 
-normalize = EnglishTextNormalizer()
 JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 # Three short dev items (LibriSpeech, 5-30 s): enough to catch a broken decode, stitch or token
 # prompt (those cost far more than 0.1), few enough for 2 CPU cores.
@@ -28,8 +26,8 @@ ITEMS = [row for row in manifest_rows("asr_short") if row.get("text") and row["d
 MAX_WER = 0.2
 
 
-def corpus_wer(texts: list[str]) -> float:
-    return jiwer.wer([normalize(r["text"]) for r in ITEMS], [normalize(t) for t in texts])
+def items_wer(texts: list[str]) -> float:
+    return corpus_wer([r["text"] for r in ITEMS], texts)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +58,7 @@ def test_every_backend_gives_the_same_schema_and_close_wer(handler, ct2_handler,
             # Chunks and words carry the same text as the transcript.
             assert normalize(" ".join(c["text"] for c in response["chunks"])) == normalize(response["text"]), (name, row["id"])
             assert normalize(" ".join(w["text"] for w in words)) == normalize(response["text"]), (name, row["id"])
-    wers = {name: corpus_wer([r["text"] for r in responses]) for name, responses in outputs.items()}
+    wers = {name: items_wer([r["text"] for r in responses]) for name, responses in outputs.items()}
     assert all(value <= MAX_WER for value in wers.values()), wers
     assert abs(wers["ctranslate2"] - wers["transformers"]) <= 0.1, wers
 
@@ -69,7 +67,7 @@ def test_ct2_segment_and_plain_requests(ct2_handler, audio_bytes):
     segments = ct2_handler.transcribe(audio_bytes[0], InferenceConfig(language="en"))
     plain = ct2_handler.transcribe(audio_bytes[0], InferenceConfig(language="en", timestamps="none"))
     assert segments.words is None and len(segments.chunks) >= 1 and plain.chunks == [] and plain.words is None
-    assert jiwer.wer(normalize(ITEMS[0]["text"]), normalize(plain.text)) <= MAX_WER
+    assert corpus_wer([ITEMS[0]["text"]], [plain.text]) <= MAX_WER
     silence = ct2_handler.transcribe(np.zeros(16000, dtype=np.float32), InferenceConfig(sampling_rate=16000))
     assert silence.text == "" and silence.strategy == "silence"
     with pytest.raises(ModelNotConfigured, match="transformers"):
@@ -98,7 +96,7 @@ def test_long_form_ct2_stitches_the_whole_recording(ct2_handler):
     samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples
     delivered: list[list] = []
     response = ct2_handler.transcribe(samples, InferenceConfig(sampling_rate=16000), on_segments=delivered.append)
-    assert jiwer.wer(normalize(row["text"]), normalize(response.text)) <= 0.2
+    assert corpus_wer([row["text"]], [response.text]) <= 0.2
     starts = [c.timestamp[0] for c in response.chunks]
     assert starts == sorted(starts) and response.chunks[-1].timestamp[1] > row["duration"] - 15
     # Streamed as windows finish (the first after one window), in order, adding up to the response.
@@ -161,7 +159,7 @@ def test_trimmed_windows_keep_the_wer_of_the_short_set(trimmed_handler):
     for faster-whisper's batched pipeline; a clip lost or cut short costs 0.015 or more."""
     rows = [row for row in manifest_rows("asr_short") if row.get("text")]
     responses = [trimmed_handler.transcribe(open(row["audio"], "rb").read(), InferenceConfig()) for row in rows]
-    score = jiwer.wer([normalize(row["text"]) for row in rows], [normalize(r.text) for r in responses])
+    score = corpus_wer([row["text"] for row in rows], [r.text for r in responses])
     assert score <= 0.095, score
     for response in responses:
         assert all(0 <= c.timestamp[0] <= c.timestamp[1] <= response.duration for c in response.chunks)

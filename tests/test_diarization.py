@@ -15,6 +15,7 @@ from conftest import DATA_DIR, DIARIZATION_MODEL, REPO_DIR, manifest_rows
 from audio import load_audio
 from config import InferenceConfig, ModelSettings
 from errors import InvalidParameters, ModelLoadError, ModelNotConfigured
+from eval_client.metrics import normalize
 from schemas import Chunk, SpeakerSegment, Transcript, Word
 from speech_diarization import diarize_speech
 from vad import detect_speech
@@ -314,7 +315,6 @@ def test_hub_pipeline_without_access_is_a_clear_load_error(monkeypatch):
 def test_two_speaker_call_end_to_end(diarizing_handler):
     """The 2-speaker call: two speakers, every word attributed once, speaker-attributed WER bounded."""
     from meeteval.wer.wer.cp import cp_word_error_rate
-    from whisper_normalizer.english import EnglishTextNormalizer
 
     response = diarizing_handler({"inputs": open(DIARIZATION_ITEMS["pyannote_sample"]["audio"], "rb").read(), "parameters": {"timestamps": "word"}})
     assert response["num_speakers"] == 2 and {s["speaker"] for s in response["speakers"]} == {"SPEAKER_00", "SPEAKER_01"}
@@ -322,7 +322,6 @@ def test_two_speaker_call_end_to_end(diarizing_handler):
     assert turn_words == response["words"] and all(w["speaker"] for w in response["words"])
     assert all(c["speaker"] in ("SPEAKER_00", "SPEAKER_01") for c in response["chunks"])
 
-    normalize = EnglishTextNormalizer()
     reference: dict[str, str] = {}
     for line in open(DIARIZATION_ITEMS["pyannote_sample"]["stm"]).read().splitlines():
         _, _, speaker, _, _, text = line.split(" ", 5)
