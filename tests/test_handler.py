@@ -244,7 +244,7 @@ def test_assisted_decoding_is_lossless(tmp_path, causal):
         sonnets, rate = soundfile.read(manifest_rows("asr_long")[0]["audio"], dtype="float32")
         inputs.append(wav_bytes(sonnets[: 45 * rate], rate))
     for audio in inputs:
-        default = handler({"inputs": audio, "parameters": {"language": "en"}})  # the pipeline's 5 beams
+        default = handler({"inputs": audio, "parameters": {"language": "en"}})  # the default request
         plain = handler({"inputs": audio, "parameters": {"language": "en", "num_beams": 1}})
         assisted = handler({"inputs": audio, "parameters": {"language": "en", "assisted": True, "batch_size": 24}})
         assert assisted["strategy"] == "assisted-sequential" and plain["strategy"] == "batched"
