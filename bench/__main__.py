@@ -31,13 +31,14 @@ import psutil
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
 
+from bench.data import manifest_rows  # noqa: E402
+
 BASE = REPO_DIR / "models" / "whisper-base"
 BASE_CT2 = REPO_DIR / "models" / "whisper-base-ct2"
 
 
 def load_set(name: str) -> list[dict]:
     from audio import load_audio
-    from bench.data import manifest_rows
 
     rows = manifest_rows(name)
     for row in rows:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.data import manifest_rows
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -70,8 +72,6 @@ class RayServeProcess:
 
 
 def clips() -> list[tuple[bytes, float]]:
-    from bench.data import manifest_rows
-
     return [(Path(row["audio"]).read_bytes(), float(row["duration"])) for row in manifest_rows("asr_short") if row["duration"] <= 15]
 
 

@@ -73,13 +73,15 @@ def paired_bootstrap(first: list[EditCounts], second: list[EditCounts], resample
 def measure(systems: list[str], rows: list[dict], variants: list[str]) -> dict:
     """Per system and variant: the corpus WER and every scored item's edit counts."""
     scored = [row for row in rows if row.get("text")]
+    if not scored:
+        raise ValueError("no item of the set has a reference text: nothing to score")
     results: dict = {}
     for system in systems:
         transcribe = SYSTEMS[system]()
         for variant in variants:
             perturb = PERTURBATIONS[variant]
             counts = [word_counts(row["text"], transcribe(perturb(row["samples"], index))) for index, row in enumerate(scored)]
-            results.setdefault(system, {})[variant] = {"wer": round(total(counts).error_rate or 0.0, 4), "counts": counts}
+            results.setdefault(system, {})[variant] = {"wer": round(total(counts).error_rate, 4), "counts": counts}
             print(f"{system:<28} {variant:<24} WER {results[system][variant]['wer']:.4f}", file=sys.stderr, flush=True)
         del transcribe
     return results

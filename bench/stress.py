@@ -48,7 +48,7 @@ import numpy as np
 import psutil
 import soundfile
 
-from bench.data import data_dir
+from bench.data import data_dir, manifest_rows
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 HANDLER_SCENARIOS = ("one-hertz", "silence", "speech")
@@ -119,7 +119,6 @@ def dev_speech() -> list[np.ndarray]:
     """Every dev clip with speech, at 16 kHz, in manifest order."""
     sys.path.insert(0, str(REPO_DIR))
     from audio import load_audio
-    from bench.data import manifest_rows
 
     clips = []
     for folder in ("asr_short", "asr_long", "diarization"):
