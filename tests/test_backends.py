@@ -206,7 +206,7 @@ def test_a_failed_trimmed_window_is_decoded_again_in_full(trimmed_handler, ct2_h
 def test_coverage_check_of_a_trimmed_window(parts, seek, expected):
     from asr.pipeline import _covers, _Row, compression_ratio
 
-    row = _Row(request=0, offset=0.0, duration=3.0, features=np.zeros((80, 300), dtype=np.float32))
+    row = _Row(request=0, offset=0.0, duration=3.0, features=np.zeros((80, 400), dtype=np.float32), frames=300)
     text = "".join(token for part in parts for token in part["tokens"])
     assert _covers(parts, seek, row, compression_ratio(text)) is expected
 
