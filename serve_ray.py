@@ -20,7 +20,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +31,7 @@ from config import InferenceConfig, ModelSettings, ServerSettings
 
 REPO_DIR = Path(__file__).resolve().parent
 logger = logging.getLogger("ray.serve")
+REPLICA_DEPLOYMENT = "asr"  # the ASR replicas' deployment name, which the ingress looks them up by
 
 
 class RaySettings(BaseSettings):
@@ -86,13 +87,15 @@ def build_app(args: dict[str, Any] | None = None):
         max_ongoing_requests=2 * ray_settings.max_batch_size,
         **ray_settings.scaling(),
     ).bind(model, ray_settings.max_batch_size, ray_settings.batch_wait_timeout_s)
-    return Ingress.bind(replica, ray_settings.model_dump(), server)
+    ingress = serve.deployment(name="ingress", num_replicas=1, ray_actor_options={"num_cpus": 0})(serve.ingress(ingress_app_builder(ray_settings, ServerSettings(**server)))())
+    # Bound to the replicas so that they are part of the application; the ingress reaches them by name.
+    return ingress.bind(replica)
 
 
 # --- deployments ---------------------------------------------------------------------------------
 
 
-@serve.deployment(name="asr", health_check_period_s=10, graceful_shutdown_timeout_s=30)
+@serve.deployment(name=REPLICA_DEPLOYMENT, health_check_period_s=10, graceful_shutdown_timeout_s=30)
 class ASRReplica:
     """One ``EndpointHandler`` (models loaded once per replica)."""
 
@@ -124,29 +127,29 @@ class ASRReplica:
         return os.getpid()
 
 
-@serve.deployment(name="ingress", num_replicas=1, ray_actor_options={"num_cpus": 0})
-@serve.ingress()
-class Ingress:
-    """The FastAPI app of ``server.create_app``, its handler a ``RemoteHandler`` over the replicas."""
+def ingress_app_builder(ray_settings: RaySettings, server: ServerSettings) -> Callable[[], Any]:
+    """What Serve calls in the ingress replica to get its ASGI app: ``server.create_app``, its
+    handler a ``RemoteHandler`` over the ASR replicas. A builder function (not an app built here)
+    because the app must be made in the ingress's process; ``serve.ingress`` takes one in every
+    Ray release we support, where a class-level ``__serve_build_asgi_app__`` needs Ray 2.56+ (and
+    with it starlette 1.x, which the Inference Endpoints toolkit cannot run on)."""
 
-    def __init__(self, replica: Any, ray_settings: dict[str, Any], server: dict[str, Any]):
-        self.remote = RemoteHandler(replica, RaySettings(**ray_settings))
-        self.server = server
-
-    def __serve_build_asgi_app__(self):
+    def build_asgi_app() -> Any:
         from server import create_app
 
-        ray_settings = self.remote.ray_settings
-        settings = ServerSettings(**self.server)
+        replica = serve.get_deployment_handle(REPLICA_DEPLOYMENT, app_name=serve.get_replica_context().app_name)
+        remote = RemoteHandler(replica, ray_settings)
         if ray_settings.batching == "serve":
             # Every request to the replicas at once; @serve.batch does the grouping there.
-            update = {"micro_batch_size": 1, "inference_workers": self.remote.max_in_flight()}
+            update = {"micro_batch_size": 1, "inference_workers": remote.max_in_flight()}
         else:
             # One group of waiting requests per replica at a time.
-            update = {"micro_batch_size": ray_settings.max_batch_size, "inference_workers": self.remote.max_replicas()}
-        app = create_app(settings.model_copy(update=update), handler_factory=lambda: self.remote)
-        self.remote.watch(app)
+            update = {"micro_batch_size": ray_settings.max_batch_size, "inference_workers": remote.max_replicas()}
+        app = create_app(server.model_copy(update=update), handler_factory=lambda: remote)
+        remote.watch(app)
         return app
+
+    return build_asgi_app
 
 
 class RemoteHandler:

@@ -319,7 +319,10 @@ class WhisperTranscriber(DecodingPipeline):
             torch.manual_seed(SAMPLING_SEED)
         if options.assisted:
             kwargs["assistant_model"] = self.assistant
-        else:  # with pad == eos, generate cannot infer the masks; transformers 4.51 refuses them with a decoder-only draft
+        if not options.assisted or self.assistant.config.is_encoder_decoder:
+            # With pad == eos, generate cannot infer the masks (transformers 4.51 refuses them with a
+            # decoder-only draft). A seq2seq draft needs its mask: without one, transformers 5 feeds
+            # it the whole sequence every round on top of its cache, which outgrows 448 positions.
             kwargs["decoder_attention_mask"] = torch.ones_like(prompt)
             # Every encoder position is real (windows are padded to 30 s as Whisper was trained):
             # saying so stops generate's warning about a batch without an attention mask.
