@@ -59,7 +59,7 @@ DIARIZATION_MODEL ?= $(shell test -d models/pyannote-diarization && echo models/
 serve: models
 	ASR_MODEL="$(ASR_MODEL)" ASR_BACKEND="$(ASR_BACKEND)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" $(PY) -m server --host $(HOST) --port $(PORT)
 
-# The same server on a local Ray cluster: RAY_REPLICAS handler replicas behind the same routes (README, Scale-out).
+# The same server on a local Ray cluster: RAY_REPLICAS handler replicas behind the same routes (docs/deployment.md, Scale-out).
 RAY_REPLICAS ?= 2
 serve-ray: models $(RAY_INSTALLED)
 	ASR_MODEL="$(ASR_MODEL)" ASR_BACKEND="$(ASR_BACKEND)" DIARIZATION_MODEL="$(DIARIZATION_MODEL)" HOST="$(HOST)" PORT="$(PORT)" RAY_REPLICAS="$(RAY_REPLICAS)" $(PY) serve_ray.py

@@ -24,7 +24,7 @@ MIN_REFERENCE_SECONDS = 2.0
 MAX_REFERENCE_SECONDS = 10.0
 MAX_SPEAKER_NAME_LENGTH = 64
 # Cosine similarity at which a reference names a cluster: calibrated on the dev diarization set
-# (scripts/calibrate_speaker_id.py; distributions in the README).
+# (scripts/calibrate_speaker_id.py; distributions in docs/diarization.md).
 DEFAULT_SPEAKER_MATCH_THRESHOLD = 0.46
 
 

@@ -44,7 +44,7 @@ NO_SPEECH_THRESHOLD = 0.6  # with a doubtful log-probability, a window this like
 TOKENS_PER_SECOND_BUDGET = 14
 MIN_TOKEN_BUDGET = 24
 # Trimmed windows (TRIM_ENCODER_WINDOW): ≥ 5 s of margin, ≥ 10 s, 5 s steps; smaller margins lost
-# words on short clips (README: TRIM_ENCODER_WINDOW).
+# words on short clips (docs/decoding.md: TRIM_ENCODER_WINDOW).
 TRIMMED_MARGIN_FRAMES, TRIMMED_MIN_FRAMES, TRIMMED_STEP_FRAMES = 500, 1000, 500
 
 

@@ -1,1 +1,1 @@
-"""Batch transcription on Ray Data: ``python -m batch INPUT… --output DIR`` (see README, Scale-out)."""
+"""Batch transcription on Ray Data: ``python -m batch INPUT… --output DIR`` (see docs/deployment.md, Scale-out)."""

@@ -30,7 +30,7 @@ from diarization.embedding import CAMPPlus
 
 
 # Tuned on the dev diarization items by scripts/tune_diarization.py on the endpoint's path (VAD speech
-# regions only; figures, cross-validated, in the README); scripts/build_diarization.py writes them into
+# regions only; figures, cross-validated, in docs/diarization.md); scripts/build_diarization.py writes them into
 # the pipeline's config.yaml.
 # Why min_active_ratio 0.02, min_cluster_size 6: on VAD-cut speech, a speaker of a few words still gets enough embeddings to count.
 TUNED_PARAMETERS: dict[str, Any] = {

@@ -38,7 +38,7 @@ logger = logging.getLogger("uvicorn.error")  # uvicorn configures its own logger
 # 16 kbps, below what any speech codec setting users send: an upper bound on its length.
 UNDECLARED_BYTES_PER_SECOND = 2000
 # Host memory one running request's stages take at their peak beyond its audio (ASR sections, a
-# diarization block; measured on CPU with Whisper base: README, "Bounded cost").
+# diarization block; measured on CPU with Whisper base: docs/long-audio.md).
 WORKING_MEMORY_BYTES = 1.5 * 2**30
 
 

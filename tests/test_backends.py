@@ -24,7 +24,7 @@ JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you
 # prompt (those cost far more than 0.1), few enough for 2 CPU cores.
 ITEMS = [row for row in manifest_rows("asr_short") if row.get("text") and row["duration"] <= 30][:3]
 MAX_WER = 0.2
-# How far the short set's int8 WER moves under inaudible changes (bench.stability, README).
+# How far the short set's int8 WER moves under inaudible changes (bench.stability, docs/benchmarks.md).
 STABILITY_SPREAD = 0.02
 
 

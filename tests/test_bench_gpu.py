@@ -1,4 +1,4 @@
-"""bench.gpu's code path, on tiny random-weight shapes and the CPU (the GPU figures are in the README).
+"""bench.gpu's code path, on tiny random-weight shapes and the CPU (GPU figures belong in docs/benchmarks.md).
 
 It runs in a subprocess: the benchmark fixes the decoding (no fallback, a fixed token count) for the
 whole process it runs in."""

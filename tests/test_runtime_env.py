@@ -178,7 +178,7 @@ def test_the_toolkit_answers_bad_input_with_a_400_naming_the_problem(toolkit):
 @pytest.mark.toolkit_live
 def test_inference_client_of_the_image_needs_a_content_type(toolkit, runtime_python):
     """huggingface_hub 0.30's ``automatic_speech_recognition(path)`` sends no Content-Type, which the
-    toolkit refuses (with ``extra_body`` too); the README's calls name it: the audio's type, or
+    toolkit refuses (with ``extra_body`` too); docs/api.md's calls name it: the audio's type, or
     application/json with ``extra_body`` (the parameters)."""
     output = run_in_runtime(runtime_python, f"""
 import json
