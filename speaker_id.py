@@ -130,3 +130,40 @@ def rename_speakers(segments: list[SpeakerSegment], matches: list[SpeakerMatch])
     """Segments with matched clusters renamed to their person's name."""
     names = {m.cluster: m.name for m in matches if m.cluster is not None}
     return [s.model_copy(update={"speaker": names.get(s.speaker, s.speaker)}) for s in segments]
+
+
+# Speakers a live session tells apart at most: beyond, a new voice goes to its nearest speaker.
+MAX_SESSION_SPEAKERS = 32
+
+
+class SessionSpeakers:
+    """The speakers of one live session, told apart turn by turn: a turn's embedding goes to the
+    most similar speaker (known speakers' voiceprints, and the centroid of each speaker's earlier
+    turns) at or above ``threshold``; otherwise it opens a new ``SPEAKER_xx``. Turns with less than
+    ``MIN_REFERENCE_SPEECH_SECONDS`` of audio give unreliable embeddings: they go to the nearest
+    speaker and do not move its centroid. Memory: one vector per speaker."""
+
+    def __init__(self, threshold: float, known: list[Voiceprint] | None = None):
+        self.threshold = threshold
+        self.labels: list[str] = [v.name for v in known or []]
+        self._sums: list[np.ndarray] = [np.asarray(v.embedding, dtype=np.float64) for v in known or []]
+        self._unnamed = 0
+
+    def assign(self, embedding: np.ndarray, seconds: float) -> str:
+        """The speaker of a turn of ``seconds`` whose unit-length embedding is ``embedding``."""
+        best, similarity = None, -1.0
+        if self._sums:
+            centroids = np.stack([s / np.linalg.norm(s) for s in self._sums])
+            similarities = centroids @ embedding
+            best = int(np.argmax(similarities))
+            similarity = float(similarities[best])
+        reliable = seconds >= MIN_REFERENCE_SPEECH_SECONDS
+        if best is not None and (similarity >= self.threshold or not reliable or len(self.labels) >= MAX_SESSION_SPEAKERS):
+            if reliable:
+                self._sums[best] = self._sums[best] + embedding
+            return self.labels[best]
+        label = f"SPEAKER_{self._unnamed:02d}"
+        self._unnamed += 1
+        self.labels.append(label)
+        self._sums.append(np.asarray(embedding, dtype=np.float64))
+        return label
