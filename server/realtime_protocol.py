@@ -61,7 +61,7 @@ class TurnDetection(BaseModel):
 
 class Transcription(BaseModel):
     """``input_audio_transcription`` / ``audio.input.transcription``, plus this server's
-    ``known_speaker_names`` (enrolled voiceprints that name live speakers)."""
+    ``diarize`` and ``known_speaker_names`` (enrolled voiceprints that name live speakers)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -69,6 +69,7 @@ class Transcription(BaseModel):
     language: str | None = None
     prompt: str | None = None
     known_speaker_names: list[str] | None = None
+    diarize: bool | None = Field(None, description="Label each turn's speakers (default: when the server has a diarization model).")
 
     @field_validator("language")
     @classmethod
@@ -151,14 +152,15 @@ class LiveConfig(BaseModel):
     language: str | None = None
     prompt: str | None = None
     known_speaker_names: list[str] = Field(default_factory=list)
+    diarize: bool | None = None
     turn_detection: TurnDetection | None = Field(default_factory=TurnDetection)
     include: list[str] | None = None
 
-    def inference_config(self) -> InferenceConfig:
-        """What each turn is decoded with: segment timestamps as file requests, trimmed encoder windows
-        (a turn's text waits for its decoding: several times faster on short turns on CPU, docs/realtime.md),
-        no diarization (speakers are told apart per session)."""
-        return InferenceConfig(language=self.language, prompt=self.prompt or None, timestamps=Timestamps.segment, diarize=False, trim_encoder_window=True)
+    def inference_config(self, diarize: bool) -> InferenceConfig:
+        """What each turn is decoded with: as a file request with segment timestamps (diarized within
+        the turn when ``diarize``; the session names its speakers), in trimmed encoder windows (a
+        turn's text waits for its decoding: several times faster on short turns on CPU, docs/realtime.md)."""
+        return InferenceConfig(language=self.language, prompt=self.prompt or None, timestamps=Timestamps.segment, diarize=diarize, trim_encoder_window=True)
 
     def updated(self, format: RawEncoding | None, transcription: Transcription | None, turn_detection: TurnDetection | None, fields: set[str], include: list[str] | None) -> "LiveConfig":
         """Only what the update names changes (``turn_detection: null`` turns VAD off)."""
@@ -179,6 +181,8 @@ class LiveConfig(BaseModel):
         body: dict[str, Any] = {"model": self.model, "language": self.language, "prompt": self.prompt or ""}
         if self.known_speaker_names:
             body["known_speaker_names"] = self.known_speaker_names
+        if self.diarize is not None:
+            body["diarize"] = self.diarize
         return body
 
     def _turn_detection(self) -> dict[str, Any] | None:

@@ -33,7 +33,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from audio import TARGET_SAMPLING_RATE, RawAudioStream, buffer_bytes
 from errors import EndpointError, InferenceError, InvalidSpeakerReference
-from schemas import TranscriptionResponse
+from schemas import SpeakerSegment, TranscriptionResponse
 from server.dependencies import ServerState, key_matches
 from server.realtime_protocol import (MAX_APPEND_BASE64_CHARS, MIN_COMMIT_MS, LiveConfig, ProtocolError, apply_update, endpoint_error_fields, error_event, event,
                                       new_id)
@@ -271,8 +271,9 @@ class LiveSession:
 
     async def _update(self, kind: str, session: Any) -> None:
         config = apply_update(self.config, kind, session)
-        self.handler.check(config.inference_config())  # what this deployment cannot do, said now
-        speakers = self._session_speakers(config) if config.known_speaker_names != self.config.known_speaker_names else self.speakers
+        self.handler.check(config.inference_config(diarize=bool(config.diarize)))  # what this deployment cannot do, said now
+        changed = (config.known_speaker_names, config.diarize) != (self.config.known_speaker_names, self.config.diarize)
+        speakers = self._session_speakers(config) if changed else self.speakers
         if config.input_format != self.config.input_format:
             self.stream = RawAudioStream(config.input_format)
         vad_changed = config.turn_detection != self.config.turn_detection
@@ -284,9 +285,9 @@ class LiveSession:
 
     def _session_speakers(self, config: LiveConfig) -> SessionSpeakers | None:
         embedder = getattr(self.handler, "embedder", None)
-        if embedder is None:
+        if embedder is None or config.diarize is False:
             if config.known_speaker_names:
-                raise ProtocolError("known_speaker_names need a diarization model, and this server has none (set DIARIZATION_MODEL)", code="model_not_configured", param="session")
+                raise ProtocolError("known_speaker_names need speaker labels: a diarization model (DIARIZATION_MODEL) and diarize not false", code="model_not_configured", param="session")
             return None
         known = self.handler.voiceprints.get(config.known_speaker_names, embedder.model_id) if config.known_speaker_names else []
         return SessionSpeakers(self.handler.settings.speaker_match_threshold, known)
@@ -390,12 +391,12 @@ class LiveSession:
 
     # --- transcription ------------------------------------------------------------------------
 
-    async def _decode(self, samples: np.ndarray) -> TranscriptionResponse:
+    async def _decode(self, samples: np.ndarray, diarize: bool = False) -> TranscriptionResponse:
         """One turn through admission and the inference queue, like a file request."""
         seconds = len(samples) / TARGET_SAMPLING_RATE
         try:
             async with self.state.admission.admit(seconds, self.settings.admission_wait_s, buffer_bytes(seconds)):
-                return await self.state.queue.run_batched(self.handler, samples, self.config.inference_config())
+                return await self.state.queue.run_batched(self.handler, samples, self.config.inference_config(diarize))
         except EndpointError:
             raise
         except Exception as error:  # inside the model: the message is kept, the traceback goes to the log
@@ -437,38 +438,56 @@ class LiveSession:
     async def _transcribe(self, turn: Turn) -> None:
         item = turn.item
         seconds = len(turn.samples) / TARGET_SAMPLING_RATE
-        speaker = asyncio.ensure_future(self._speaker(turn.samples)) if self.speakers is not None else None
+        speakers = self.speakers
         try:
-            response = await self._decode(turn.samples)
+            response = await self._decode(turn.samples, diarize=speakers is not None)
+            # Named in the session's terms off the loop (CAM++ embeddings of each speaker's speech).
+            segments = await asyncio.to_thread(self._session_segments, speakers, turn, response) if speakers is not None else []
         except EndpointError as error:
             item.done = True
             self.state.metrics.errors.labels(error.kind).inc()
             await self._send(event("conversation.item.input_audio_transcription.failed", item_id=item.item_id, content_index=0,
                                    error={"type": endpoint_error_fields(error)["kind"], "code": error.kind, "message": self.state.host.redact(str(error)), "param": None}))
-            if speaker is not None:
-                speaker.cancel()
             return
         self.state.metrics.audio_seconds.labels(ROUTE).inc(seconds)
         text = response.text.strip()
-        label = await speaker if speaker is not None else None
         item.done = True
         sent = item.sent
         if text.startswith(sent) and len(text) > len(sent):
             await self._send(event("conversation.item.input_audio_transcription.delta", item_id=item.item_id, content_index=0, delta=text[len(sent) :]))
-        if label is not None and text:
-            await self._send(event("conversation.item.input_audio_transcription.segment", item_id=item.item_id, content_index=0, id=new_id("seg"),
-                                   text=text, speaker=label, start=turn.start_ms / 1000, end=turn.end_ms / 1000))
+        for segment in segments:
+            await self._send(event("conversation.item.input_audio_transcription.segment", item_id=item.item_id, content_index=0, id=new_id("seg"), **segment))
         await self._send(event("conversation.item.input_audio_transcription.completed", item_id=item.item_id, content_index=0, transcript=text,
-                               usage={"type": "duration", "seconds": round(seconds, 3)}, speaker=label, language=response.language,
+                               usage={"type": "duration", "seconds": round(seconds, 3)}, speaker=_main_speaker(segments), language=response.language,
                                audio_start_ms=turn.start_ms, audio_end_ms=turn.end_ms))
 
-    async def _speaker(self, samples: np.ndarray) -> str | None:
-        """The turn's session-wide speaker (its CAM++ embedding beside the decoding, off the loop)."""
-        try:
-            embedding = await asyncio.to_thread(self.handler.embedder.embed, samples)
-        except InvalidSpeakerReference:  # no usable voice in the turn
-            return None
-        return self.speakers.assign(embedding, len(samples) / TARGET_SAMPLING_RATE) if self.speakers is not None else None
+    def _session_segments(self, speakers: SessionSpeakers, turn: Turn, response: TranscriptionResponse) -> list[dict[str, Any]]:
+        """The turn's speaker turns (diarized within the turn, text merged by word timings, as for a
+        file), their speakers renamed to the session's, times from the session's start."""
+        if not response.text.strip():
+            return []
+        offset = turn.start_ms / 1000
+        local = [SpeakerSegment(speaker=t.speaker, start=t.timestamp[0], end=t.timestamp[1]) for t in response.speakers]
+        if not local:  # diarization found no speaker turn (very short audio): the whole turn is one
+            try:
+                embedding = self.handler.embedder.embed(turn.samples)
+            except InvalidSpeakerReference:
+                return []
+            label = speakers.assign({"turn": (embedding, len(turn.samples) / TARGET_SAMPLING_RATE)})["turn"]
+            return [{"speaker": label, "text": response.text.strip(), "start": offset, "end": turn.end_ms / 1000}]
+        centroids = self.handler.embedder.speaker_centroids(turn.samples, local)
+        speech = {label: sum(s.end - s.start for s in local if s.speaker == label) for label in centroids}
+        names = speakers.assign({label: (centroids[label], speech[label]) for label in centroids})
+        return [{"speaker": names.get(t.speaker, t.speaker), "text": t.text.strip(), "start": round(offset + t.timestamp[0], 3), "end": round(offset + t.timestamp[1], 3)}
+                for t in response.speakers if t.text.strip()]
+
+
+def _main_speaker(segments: list[dict[str, Any]]) -> str | None:
+    """The speaker who holds most of a turn's time."""
+    held: dict[str, float] = {}
+    for segment in segments:
+        held[segment["speaker"]] = held.get(segment["speaker"], 0.0) + segment["end"] - segment["start"]
+    return max(held, key=held.__getitem__) if held else None
 
 
 def _ms(position: int) -> int:
