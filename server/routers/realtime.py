@@ -23,7 +23,7 @@ import binascii
 import contextlib
 import json
 import logging
-import time
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +140,11 @@ class LiveSession:
         self.partial: asyncio.Task | None = None
         self.partial_at = 0  # stream position of the last partial decoding
         self.speakers: SessionSpeakers | None = None
+        self.closed = False
         self._send_lock = asyncio.Lock()
+        # Held while an append's audio is taken in (off the loop): a partial decoding that ends
+        # meanwhile must not read the buffer half-written.
+        self._audio_lock = threading.Lock()
 
     # --- the connection ---------------------------------------------------------------------
 
@@ -174,6 +178,7 @@ class LiveSession:
             logger.exception("live session failed")
             await self._close(self.state.host.redact(f"the session failed: {type(error).__name__}: {error}"), "inference_error", 1011, "server_error")
         finally:
+            self.closed = True
             self.state.live_sessions -= 1
             for task in (worker, self.partial):
                 if task is not None and not task.done():
@@ -329,8 +334,9 @@ class LiveSession:
         and turns it ends in."""
         samples = self.stream.decode(data)
         actions: list[Any] = []
-        for start in range(0, len(samples), TARGET_SAMPLING_RATE):
-            actions += self._ingest_piece(samples[start : start + TARGET_SAMPLING_RATE])
+        with self._audio_lock:
+            for start in range(0, len(samples), TARGET_SAMPLING_RATE):
+                actions += self._ingest_piece(samples[start : start + TARGET_SAMPLING_RATE])
         return actions
 
     def _ingest_piece(self, samples: np.ndarray) -> list[Any]:
@@ -407,12 +413,18 @@ class LiveSession:
         """Decode the turn so far, if it has grown enough since the last time and nothing else waits
         for the engine (partial text never delays anyone's final text)."""
         interval = self.settings.realtime_partial_interval_s
-        item = self.item
-        if (not interval or item is None or (self.partial is not None and not self.partial.done()) or not self.turns.empty() or not self.state.queue.idle
-                or self.audio.end - self.turn_start < MIN_PARTIAL_S * TARGET_SAMPLING_RATE or self.audio.end - self.partial_at < interval * TARGET_SAMPLING_RATE):
+        if self.closed or not interval or (self.partial is not None and not self.partial.done()) or not self.turns.empty() or not self.state.queue.idle:
             return
-        self.partial_at = self.audio.end
-        samples = self.audio.data[self.turn_start - self.audio.start : self.audio.size].copy()
+        if not self._audio_lock.acquire(blocking=False):
+            return  # an append is being taken in: its end calls this again
+        try:
+            item = self.item
+            if item is None or self.audio.end - self.turn_start < MIN_PARTIAL_S * TARGET_SAMPLING_RATE or self.audio.end - self.partial_at < interval * TARGET_SAMPLING_RATE:
+                return
+            self.partial_at = self.audio.end
+            samples = self.audio.data[self.turn_start - self.audio.start : self.audio.size].copy()
+        finally:
+            self._audio_lock.release()
         self.partial = asyncio.create_task(self._partial(item, samples))
 
     async def _partial(self, item: Item, samples: np.ndarray) -> None:
@@ -420,6 +432,9 @@ class LiveSession:
             response = await self._decode(samples)
         except EndpointError:
             return  # only a preview: the turn's final decoding reports failures
+        finally:
+            # The turn may have grown meanwhile: the next partial need not wait for the next append.
+            asyncio.get_running_loop().call_soon(self._maybe_partial)
         words = response.text.split()
         agreed = _common_prefix(item.last_words, words)
         item.last_words = words
