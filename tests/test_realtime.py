@@ -24,7 +24,7 @@ from config import ServerSettings
 from eval_client.live import pcm16_chunks, realtime_url
 from eval_client.metrics import word_counts
 from server import create_app
-from speaker_id import SessionSpeakers
+from diarization.speaker_identification import SessionSpeakers
 
 API_KEY = "live-key-3f9a"
 ROUTE = "/v1/realtime?intent=transcription"

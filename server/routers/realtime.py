@@ -2,12 +2,12 @@
 (WebSocket; events in ``server.realtime_protocol``).
 
 Audio arrives in ``input_audio_buffer.append`` events, is resampled to 16 kHz and run through
-Silero VAD frame by frame (``vad.SpeechFrames``, ``vad.TurnDetector``: ``server_vad``). A turn ends
+Silero VAD frame by frame (``diarization.speech_detection.SpeechFrames``, ``TurnDetector``: ``server_vad``). A turn ends
 when speech stops (or on ``input_audio_buffer.commit``) and is decoded like a file request: admitted
 by ``server.admission``, on the inference queue, in the same micro-batches as file requests. While
 someone speaks, the turn so far is decoded again now and then (when the engine is idle) and the words
 two decodings agree on are sent as deltas (LocalAgreement-2). With a diarization model loaded, each
-turn gets a session-wide speaker (``speaker_id.SessionSpeakers``).
+turn gets a session-wide speaker (``diarization.speaker_identification.SessionSpeakers``).
 
 Bounded: a session holds its current turn (at most ``REALTIME_MAX_TURN_S``) and at most
 ``MAX_PENDING_TURNS`` committed turns waiting for the engine (then it stops reading its socket until
@@ -37,8 +37,8 @@ from schemas import SpeakerSegment, TranscriptionResponse
 from server.dependencies import ServerState, key_matches
 from server.realtime_protocol import (MAX_APPEND_BASE64_CHARS, MIN_COMMIT_MS, LiveConfig, ProtocolError, apply_update, endpoint_error_fields, error_event, event,
                                       new_id)
-from speaker_id import SessionSpeakers
-from vad import FRAME, SpeechFrames, TurnDetector
+from diarization.speaker_identification import SessionSpeakers
+from diarization.speech_detection import FRAME, SpeechFrames, TurnDetector
 
 logger = logging.getLogger("uvicorn.error")
 router = APIRouter()
