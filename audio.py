@@ -15,7 +15,7 @@ import binascii
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import soundfile
@@ -257,6 +257,29 @@ class _Output:
         if len(self.buffer) - self.size > TARGET_SAMPLING_RATE * 60:
             return self.buffer[: self.size].copy()
         return self.buffer[: self.size]
+
+
+# Headerless audio of live sessions (OpenAI Realtime's input_audio_format): libsndfile subtype, rate, bytes per sample.
+RawEncoding = Literal["pcm16", "g711_ulaw", "g711_alaw"]
+RAW_ENCODINGS: dict[str, tuple[str, int, int]] = {"pcm16": ("PCM_16", 24000, 2), "g711_ulaw": ("ULAW", 8000, 1), "g711_alaw": ("ALAW", 8000, 1)}
+
+
+class RawAudioStream:
+    """Headerless mono audio arriving piece by piece (16-bit little-endian PCM at 24 kHz, G.711 at
+    8 kHz) → 16 kHz float32 pieces, resampled as one continuous stream across pieces."""
+
+    def __init__(self, encoding: RawEncoding):
+        self.subtype, self.rate, self.sample_bytes = RAW_ENCODINGS[encoding]
+        self.encoding = encoding
+        self._resampler = soxr.ResampleStream(self.rate, TARGET_SAMPLING_RATE, 1, dtype="float32", quality="HQ")
+
+    def decode(self, data: bytes) -> np.ndarray:
+        if len(data) % self.sample_bytes:
+            raise AudioDecodeError(f"{self.encoding} audio comes in {self.sample_bytes}-byte samples, but {len(data)} bytes were sent")
+        if not data:
+            return np.zeros(0, dtype=np.float32)
+        samples, _ = soundfile.read(io.BytesIO(data), format="RAW", subtype=self.subtype, endian="LITTLE", samplerate=self.rate, channels=1, dtype="float32")
+        return self._resampler.resample_chunk(samples)
 
 
 def buffer_bytes(seconds: float) -> int:

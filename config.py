@@ -129,6 +129,7 @@ class InferenceConfig(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=1.0, description="0 decodes deterministically; > 0 samples.")
     num_beams: int | None = Field(None, ge=1, le=10, description="Beam width; default 1: greedy with openai-whisper's temperature fallback, on both engines.")
     prompt: str | None = Field(None, max_length=2000, description="Text that conditions the decoder (style, spelling).")
+    trim_encoder_window: bool | None = Field(None, description="CTranslate2: encode short audio in a trimmed window (see TRIM_ENCODER_WINDOW, checked and redone in full on failure); None: the deployment's TRIM_ENCODER_WINDOW. Live sessions (/v1/realtime) use true: their turns are short and wait for it.")
     known_speakers: dict[str, str | bytes] | list[str] | None = Field(
         None,
         description=f"Name diarized speakers: {{name: <base64 or data-URL audio, {MIN_REFERENCE_SECONDS:g}-{MAX_REFERENCE_SECONDS:g} s of that person>}}, or the names of enrolled voiceprints; up to {MAX_KNOWN_SPEAKERS}.",
@@ -252,6 +253,10 @@ class ServerSettings(BaseSettings):
     micro_batch_size: int = Field(8, ge=1, description="Requests waiting together are transcribed in one batch of at most this many (1: one at a time).")
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 503 (queue full, models loading).")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty disables CORS.")
+    realtime_max_sessions: int = Field(16, ge=0, description="Live transcription sessions (/v1/realtime) open at once; more are refused with an error event (0: the route refuses every session).")
+    realtime_idle_timeout_s: float = Field(60.0, gt=0, description="A live session that sends nothing for this long is closed (with an error event saying why).")
+    realtime_max_turn_s: float = Field(30.0, ge=1, le=600, description="A live turn (speech, or audio before a manual commit) longer than this is committed at this length; it bounds each session's audio buffer (30 s: one Whisper window).")
+    realtime_partial_interval_s: float = Field(1.0, ge=0, description="While someone speaks, their turn so far is decoded again about this often for partial text (delta events), only when the engine has nothing else to do; 0: text only when a turn ends.")
 
     @field_validator("api_key", mode="before")
     @classmethod

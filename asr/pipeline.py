@@ -232,7 +232,7 @@ class DecodingPipeline:
                 break
             # Rows decode together only in windows of the same size, so a result never depends on
             # which other requests shared the batch.
-            widths = [self._window_frames(row, with_timestamps) for row in rows]
+            widths = [self._window_frames(row, with_timestamps, requests[row.request].config) for row in rows]
             batch, rest = [], []
             for row, row_width in zip(rows, widths):
                 (batch if row_width == widths[0] and len(batch) < first_batch else rest).append(row)
@@ -357,13 +357,14 @@ class DecodingPipeline:
             subset = encoded if len(mine) == len(batch) else self.select(encoded, mine)
             last_speech[r] = self.steps.add_word_timestamps([decoded[i].parts for i in mine], tokenizers[mine[0]], subset, [sizes[i] for i in mine], last_speech[r])
 
-    def _window_frames(self, row: _Row, with_timestamps: bool) -> int:
+    def _window_frames(self, row: _Row, with_timestamps: bool, config: InferenceConfig) -> int:
         """Encoder frames for a window: Whisper's full 30 s, or with ``trim_encoder_window`` (engines
         whose encoder accepts it) for short audio the chunk + at least 5 s, in 5 s steps from 10 s,
         which cuts the encoder's work and the decoder's cross-attention. Whisper was trained on full
         windows only: trimmed ones are used where timestamps let the result be checked, and redone
-        in full when it fails."""
-        if not (self.accepts_trimmed_windows and self.trim_window) or not with_timestamps or row.full_window:
+        in full when it fails. A request's ``trim_encoder_window`` overrides the deployment's."""
+        trim = self.trim_window if config.trim_encoder_window is None else config.trim_encoder_window
+        if not (self.accepts_trimmed_windows and trim) or not with_timestamps or row.full_window:
             return N_FRAMES
         return min(N_FRAMES, max(TRIMMED_MIN_FRAMES, -(-(row.frames + TRIMMED_MARGIN_FRAMES) // TRIMMED_STEP_FRAMES) * TRIMMED_STEP_FRAMES))
 

@@ -130,3 +130,60 @@ def rename_speakers(segments: list[SpeakerSegment], matches: list[SpeakerMatch])
     """Segments with matched clusters renamed to their person's name."""
     names = {m.cluster: m.name for m in matches if m.cluster is not None}
     return [s.model_copy(update={"speaker": names.get(s.speaker, s.speaker)}) for s in segments]
+
+
+# Speakers a live session tells apart at most: beyond, a new voice goes to its nearest speaker.
+MAX_SESSION_SPEAKERS = 32
+
+
+class SessionSpeakers:
+    """The speakers of one live session, told apart turn by turn. The speakers diarized within a
+    turn go to distinct session speakers (Hungarian assignment on cosine similarity to each session
+    speaker's centroid, or a known speaker's voiceprint), kept at or above ``threshold``; the rest
+    open new ``SPEAKER_xx``. Less than ``MIN_REFERENCE_SPEECH_SECONDS`` of speech gives an
+    unreliable embedding: such a speaker goes to its best match whatever the similarity, and a
+    session speaker seen only that way is provisional: the first reliable voice that finds no match
+    takes it over. Memory: one vector per speaker."""
+
+    def __init__(self, threshold: float, known: list[Voiceprint] | None = None):
+        self.threshold = threshold
+        self.labels: list[str] = [v.name for v in known or []]
+        self._sums: list[np.ndarray] = [np.asarray(v.embedding, dtype=np.float64) for v in known or []]
+        self._reliable: list[bool] = [True for _ in self.labels]
+        self._unnamed = 0
+
+    def assign(self, voices: dict[str, tuple[np.ndarray, float]]) -> dict[str, str]:
+        """Session speakers of one turn's ``voices``: {turn label: (unit-length embedding, seconds of speech)}."""
+        local = list(voices)
+        assigned: dict[str, str] = {}
+        if self._sums and local:
+            centroids = np.stack([s / np.linalg.norm(s) for s in self._sums])
+            similarity = np.stack([voices[label][0] for label in local]) @ centroids.T
+            for row, column in zip(*linear_sum_assignment(similarity, maximize=True)):
+                embedding, seconds = voices[local[row]]
+                reliable = seconds >= MIN_REFERENCE_SPEECH_SECONDS
+                if similarity[row, column] >= self.threshold or not reliable or not self._reliable[column]:
+                    assigned[local[row]] = self._add(int(column), embedding, reliable)
+        for label in local:
+            if label not in assigned:
+                embedding, seconds = voices[label]
+                assigned[label] = self._open(embedding, seconds >= MIN_REFERENCE_SPEECH_SECONDS)
+        return assigned
+
+    def _add(self, column: int, embedding: np.ndarray, reliable: bool) -> str:
+        if reliable and not self._reliable[column]:  # a provisional speaker gets its first reliable voice
+            self._sums[column], self._reliable[column] = np.asarray(embedding, dtype=np.float64), True
+        elif reliable:
+            self._sums[column] = self._sums[column] + embedding
+        return self.labels[column]
+
+    def _open(self, embedding: np.ndarray, reliable: bool) -> str:
+        if len(self.labels) >= MAX_SESSION_SPEAKERS:
+            nearest = int(np.argmax(np.stack([s / np.linalg.norm(s) for s in self._sums]) @ embedding))
+            return self._add(nearest, embedding, reliable)
+        label = f"SPEAKER_{self._unnamed:02d}"
+        self._unnamed += 1
+        self.labels.append(label)
+        self._sums.append(np.asarray(embedding, dtype=np.float64))
+        self._reliable.append(reliable)
+        return label

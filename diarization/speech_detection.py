@@ -73,3 +73,78 @@ def _audible_spans(samples: np.ndarray) -> Iterator[tuple[int, int]]:
             last_loud = position
     if span_start is not None:
         yield max(0, span_start - GATE_FRAME), min(len(samples), last_loud + 2 * GATE_FRAME)
+
+
+# --- live audio: speech probabilities frame by frame, and server-VAD turns ------------------------
+
+FRAME = 512  # samples per Silero frame at 16 kHz (32 ms), as get_speech_timestamps feeds it
+FRAME_CONTEXT = 64  # samples of the previous frame the model sees before each frame
+
+
+class SpeechFrames:
+    """Silero's speech probability of each 32 ms frame of a live stream fed piece by piece. The
+    model's recurrent state and the previous frame's tail are carried from piece to piece, as
+    faster-whisper's ``SileroVADModel`` carries them through one long recording; faster-whisper is
+    pinned (requirements.txt), so its ONNX session's inputs are a known contract."""
+
+    def __init__(self) -> None:
+        from faster_whisper.vad import get_vad_model
+
+        self._session = get_vad_model().session  # one ONNX session, shared: its run() is thread-safe
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(FRAME_CONTEXT, dtype=np.float32)
+        self._rest = np.zeros(0, dtype=np.float32)
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        """Probabilities of the frames ``samples`` completes (the remainder waits for the next piece)."""
+        audio = np.concatenate([self._rest, as_float32(samples)])
+        count = len(audio) // FRAME
+        self._rest = audio[count * FRAME :]
+        if not count:
+            return np.zeros(0, dtype=np.float32)
+        frames = audio[: count * FRAME].reshape(count, FRAME)
+        contexts = np.concatenate([self._context[None, :], frames[:-1, -FRAME_CONTEXT:]])
+        self._context = frames[-1, -FRAME_CONTEXT:].copy()
+        output, self._h, self._c = self._session.run(None, {"input": np.concatenate([contexts, frames], axis=1), "h": self._h, "c": self._c})
+        return np.asarray(output, dtype=np.float32).reshape(-1)
+
+
+class TurnEvent(NamedTuple):
+    kind: str  # "started" | "stopped"
+    frame: int  # the frame (counted from the start of the stream) where speech started, or where it was found to have stopped
+
+
+class TurnDetector:
+    """OpenAI Realtime's ``server_vad`` over ``SpeechFrames``' probabilities, with Silero's
+    hysteresis (as ``get_speech_timestamps``): speech starts at a frame at or above ``threshold``
+    and stops once frames stay under ``threshold - 0.15`` for ``silence_ms``."""
+
+    def __init__(self, threshold: float = 0.5, silence_ms: int = 500):
+        self.threshold = threshold
+        self.negative = max(threshold - 0.15, 0.01)
+        self.silence_frames = max(1, round(silence_ms * SAMPLING_RATE / 1000 / FRAME))
+        self.frame = 0  # frames seen
+        self.speaking = False
+        self._quiet_since: int | None = None
+
+    def feed(self, probabilities: np.ndarray) -> list[TurnEvent]:
+        events = []
+        for probability in probabilities:
+            if probability >= self.threshold:
+                self._quiet_since = None
+                if not self.speaking:
+                    self.speaking = True
+                    events.append(TurnEvent("started", self.frame))
+            elif self.speaking and probability < self.negative:
+                if self._quiet_since is None:
+                    self._quiet_since = self.frame
+                if self.frame + 1 - self._quiet_since >= self.silence_frames:
+                    self.speaking, self._quiet_since = False, None
+                    events.append(TurnEvent("stopped", self.frame + 1))
+            self.frame += 1
+        return events
+
+    def reset(self) -> None:
+        """The turn was committed or cleared by the client: listen for the next one."""
+        self.speaking, self._quiet_since = False, None

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval_client", description="Score an ASR endpoint: WER/CER, DER/JER, latency, failures.")
     p.add_argument("dataset", help="a .jsonl manifest, a folder of audio (+ .txt / *.trans.txt), or a Hugging Face dataset name or save_to_disk folder")
     p.add_argument("--base-url", help="endpoint root (default: $OPENAI_API_BASE or http://127.0.0.1:8000)")
-    p.add_argument("--protocol", choices=["hf", "openai", "tt"], default="hf", help="hf: POST / JSON; openai: /v1/audio/transcriptions multipart; tt: /audio/transcriptions JSON")
+    p.add_argument("--protocol", choices=["hf", "openai", "tt", "realtime"], default="hf", help="hf: POST / JSON; openai: /v1/audio/transcriptions multipart; tt: /audio/transcriptions JSON; realtime: /v1/realtime WebSocket, the file streamed live (docs/realtime.md)")
     p.add_argument("--api-key", help="bearer token (default: $OPENAI_API_KEY or $HF_TOKEN; prefer the environment)")
     p.add_argument("--split", default="test")
     p.add_argument("--config", help="Hugging Face dataset configuration")
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="whisper-1", help="the OpenAI protocol's model field")
     p.add_argument("--param", type=parse_param, action="append", default=[], metavar="KEY=VALUE", help="extra request parameter (repeatable), e.g. --param diarize=true")
     p.add_argument("--stream", action="store_true", help="streamed answers (openai: SSE, tt: NDJSON); reports time to first text beside latency")
+    p.add_argument("--pace", type=float, default=1.0, help="realtime: audio seconds streamed per second (1: real time, 0: as fast as the server reads)")
+    p.add_argument("--live-tail", type=float, default=1.0, help="realtime: seconds of silence streamed after each file")
     p.add_argument("--collar", type=float, default=0.0, help="DER/JER forgiveness collar, seconds")
     p.add_argument("--out", type=Path, help="report folder (default: reports/eval-<protocol>-<time>)")
     p.add_argument("--fail-on-error", action="store_true", help="exit 1 when any request finally failed")
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required with several processes: the shards meet there")
     settings: dict[str, Any] = dict(
         protocol=args.protocol, timeout_s=args.timeout, max_retries=args.retries, backoff_base_s=args.backoff,
-        concurrency=args.concurrency, wav_encoding=args.wav, language=args.language, model=args.model, parameters=dict(args.param), stream=args.stream,
+        concurrency=args.concurrency, wav_encoding=args.wav, language=args.language, model=args.model, parameters=dict(args.param), stream=args.stream, pace=args.pace, live_tail_s=args.live_tail,
     )
     if args.base_url:
         settings["base_url"] = args.base_url

@@ -22,7 +22,9 @@ import numpy as np
 import soundfile
 from pydantic import BaseModel, Field, model_validator
 
-Protocol = Literal["hf", "openai", "tt"]
+from eval_client.live import LiveTurn, stream_live
+
+Protocol = Literal["hf", "openai", "tt", "realtime"]
 WavEncoding = Literal["float32", "int16"]
 # Why a request attempt failed; the retryable kinds are the transient ones.
 ErrorKind = Literal["timeout", "connection", "http_429", "http_5xx", "http_4xx", "bad_response"]
@@ -73,6 +75,7 @@ class RequestOutcome(BaseModel):
     latency_s: float | None = Field(None, description="Duration of the successful attempt.")
     first_text_s: float | None = Field(None, description="Streamed requests: time to the first text of the successful attempt.")
     elapsed_s: float = Field(description="Wall time including retries and backoff.")
+    turns: list[LiveTurn] = Field(default_factory=list, description="Live sessions (protocol realtime): each turn's text and timings.")
 
 
 class BadResponse(ValueError):
@@ -146,6 +149,8 @@ class ClientConfig(BaseModel):
     model: str = "whisper-1"  # the OpenAI protocol's required form field
     parameters: dict[str, Any] = Field(default_factory=dict, description="Extra request parameters, sent per protocol.")
     stream: bool = Field(False, description="Ask for a streamed answer (openai: SSE, tt: NDJSON) and time the first text.")
+    pace: float = Field(1.0, ge=0, description="realtime: audio seconds streamed per wall-clock second (1: real time; 0: as fast as the server reads).")
+    live_tail_s: float = Field(1.0, ge=0, description="realtime: seconds of silence streamed after the audio, as a microphone would go on.")
 
     @model_validator(mode="after")
     def _streamable(self) -> "ClientConfig":
@@ -211,6 +216,8 @@ class ASRClient:
 
     async def atranscribe(self, http: httpx.AsyncClient, array: np.ndarray, sr: int) -> RequestOutcome:
         """One transcription with retries on timeouts, connection errors, 429 and 5xx; none on 4xx."""
+        if self.config.protocol == "realtime":
+            return await self.alive(array, sr)
         wav = encode_wav(array, sr, self.config.wav_encoding)
         attempts: list[Attempt] = []
         started = time.perf_counter()
@@ -229,6 +236,28 @@ class ASRClient:
             wait = self.backoff(attempt_number, retry_after)
         last = attempts[-1]
         return RequestOutcome(ok=False, error_kind=last.error_kind, error=last.error, attempts=attempts, elapsed_s=time.perf_counter() - started)
+
+    async def alive(self, array: np.ndarray, sr: int) -> RequestOutcome:
+        """One live session (not retried: it would stream the audio again in real time)."""
+        transcription = {**({"language": self.config.language} if self.config.language else {}), **self.config.parameters}
+        session = {"audio": {"input": {"transcription": transcription}}} if transcription else None
+        started = time.perf_counter()
+        try:
+            result = await stream_live(self.config.base_url, self.config.api_key, array, sr, pace=self.config.pace, tail_s=self.config.live_tail_s, session=session, timeout_s=self.config.timeout_s)
+        except (OSError, ConnectionError) as error:  # refused connection or session
+            elapsed = time.perf_counter() - started
+            attempt = Attempt(error_kind="connection", error=f"{type(error).__name__}: {error}"[:300], latency_s=elapsed)
+            return RequestOutcome(ok=False, error_kind="connection", error=attempt.error, attempts=[attempt], elapsed_s=elapsed)
+        elapsed = time.perf_counter() - started
+        failed = [t for t in result.turns if t.text is None]
+        if failed or result.errors:
+            problem = "; ".join([*(f"turn {t.item_id}: {t.error or 'no final text'}" for t in failed), *result.errors])[:300]
+            attempt = Attempt(error_kind="bad_response", error=problem, latency_s=elapsed)
+            return RequestOutcome(ok=False, error_kind="bad_response", error=problem, attempts=[attempt], elapsed_s=elapsed, turns=result.turns)
+        speakers = [SpeakerSegment(speaker=speaker, start=start, end=end) for speaker, start, end in result.segments]
+        firsts = [t.first_delta_s for t in result.turns if t.first_delta_s is not None]
+        attempt = Attempt(latency_s=elapsed, first_text_s=min(firsts) if firsts else None)
+        return RequestOutcome(ok=True, text=result.text, speakers=speakers, attempts=[attempt], latency_s=elapsed, first_text_s=attempt.first_text_s, elapsed_s=elapsed, turns=result.turns)
 
     def backoff(self, attempt_number: int, retry_after: float | None) -> float:
         """Seconds before the next try: the server's Retry-After when it gave one, else exponential

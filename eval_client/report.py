@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from eval_client.client import Attempt, ErrorKind
+from eval_client.live import LiveTurn
 from eval_client.metrics import DiarizationCounts, EditCounts, LatencyStats, latency_stats, total
 
 
@@ -28,6 +29,7 @@ class ItemResult(BaseModel):
     chars: EditCounts | None = None
     words_if_failed: EditCounts | None = None  # failed items with a reference: all words deleted
     diarization: DiarizationCounts | None = None
+    turns: list[LiveTurn] = Field(default_factory=list, description="Live sessions: each turn's text and timings.")
 
     @property
     def wer(self) -> float | None:
@@ -53,6 +55,8 @@ class Summary(BaseModel):
     jer: float | None = None
     latency_s: LatencyStats
     first_text_s: LatencyStats | None = Field(None, description="Streamed requests: time to the first text.")
+    turn_first_delta_s: LatencyStats | None = Field(None, description="Live sessions, per turn: from sending its first audio to its first text.")
+    turn_final_s: LatencyStats | None = Field(None, description="Live sessions, per turn: from sending its last speech to its final text.")
     audio_s: float = Field(description="Seconds of audio in succeeded items.")
     wall_s: float
     real_time_factor: float | None = Field(description="Sum of request latencies / audio seconds (succeeded items).")
@@ -95,6 +99,8 @@ def summarize(items: list[ItemResult], wall_s: float) -> Summary:
         jer=diarization.jer_rate if diarization else None,
         latency_s=latency_stats([item.latency_s for item in done if item.latency_s is not None]),
         first_text_s=latency_stats(firsts) if (firsts := [item.first_text_s for item in done if item.first_text_s is not None]) else None,
+        turn_first_delta_s=latency_stats(deltas) if (deltas := [t.first_delta_s for item in done for t in item.turns if t.first_delta_s is not None]) else None,
+        turn_final_s=latency_stats(finals) if (finals := [t.final_s for item in done for t in item.turns if t.final_s is not None]) else None,
         audio_s=audio_s,
         wall_s=wall_s,
         real_time_factor=latency_sum / audio_s if audio_s else None,
@@ -144,6 +150,9 @@ def summary_rows(report: EvalReport) -> list[tuple[str, str]]:
     if s.first_text_s is not None:
         first = s.first_text_s
         rows += [("time to first text s (p50/p90, mean)", f"{_sec(first.p50)} / {_sec(first.p90)}, {_sec(first.mean)}")]
+    for name, stats in (("live turns: first delta s (p50/p95, n)", s.turn_first_delta_s), ("live turns: final text after speech s (p50/p95, n)", s.turn_final_s)):
+        if stats is not None:
+            rows += [(name, f"{_sec(stats.p50)} / {_sec(stats.p95)}, {stats.count}")]
     rows += [
     ("real-time factor", _sec(s.real_time_factor)),
         ("throughput", f"{_sec(s.throughput_audio_s_per_s)} audio s/s, {_sec(s.requests_per_s)} req/s"),

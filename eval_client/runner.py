@@ -24,7 +24,7 @@ def score_item(item: EvalItem, duration_s: float, outcome: RequestOutcome, colla
     result = ItemResult(
         id=item.id, duration_s=duration_s, ok=outcome.ok, reference=item.reference, hypothesis=outcome.text,
         error_kind=outcome.error_kind, error=outcome.error, attempts=outcome.attempts,
-        latency_s=outcome.latency_s, first_text_s=outcome.first_text_s, elapsed_s=outcome.elapsed_s,
+        latency_s=outcome.latency_s, first_text_s=outcome.first_text_s, elapsed_s=outcome.elapsed_s, turns=outcome.turns,
     )
     if item.reference is not None:
         if outcome.ok:

@@ -25,6 +25,7 @@ class ServerState:
     host: HandlerHost
     admission: Admission
     queue: InferenceQueue
+    live_sessions: int = 0  # open /v1/realtime sessions (touched on the event loop only)
 
 
 def get_state(request: Request) -> ServerState:
@@ -33,13 +34,17 @@ def get_state(request: Request) -> ServerState:
 
 async def require_api_key(request: Request, state: ServerState = Depends(get_state)) -> None:
     """With ``API_KEY`` set, ``Authorization: Bearer <key>`` is required (every route but /health)."""
-    if state.settings.api_key is None:
-        return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = state.settings.api_key.get_secret_value().encode()
-    # Constant time, so the key cannot be guessed byte by byte from response times.
-    if not (scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), expected)):
+    if not key_matches(state.settings, token.strip() if scheme.lower() == "bearer" else None):
         raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+
+
+def key_matches(settings: ServerSettings, token: str | None) -> bool:
+    """Whether ``token`` is the API key (always, when none is set)."""
+    if settings.api_key is None:
+        return True
+    # Constant time, so the key cannot be guessed byte by byte from response times.
+    return token is not None and secrets.compare_digest(token.encode(), settings.api_key.get_secret_value().encode())
 
 
 def ready_handler(state: ServerState = Depends(get_state)) -> Any:

@@ -24,7 +24,7 @@ from server.handler_host import HandlerFactory, HandlerHost, default_handler_fac
 from server.inference_queue import InferenceQueue
 from server.metrics import Metrics
 from server.middleware import BodyLimits, CollapseSlashes, Measure
-from server.routers import audio, hf, ops, speakers
+from server.routers import audio, hf, ops, realtime, speakers
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -66,7 +66,7 @@ def create_app(settings: ServerSettings | None = None, handler_factory: HandlerF
     )
     app.state.server = state
     install_error_mapping(app, state)
-    for router in (hf.router, audio.router, speakers.router, ops.router):
+    for router in (hf.router, audio.router, speakers.router, realtime.router, ops.router):
         app.include_router(router)
 
     def respond(request: Request, error: EndpointError) -> JSONResponse:

@@ -30,10 +30,16 @@ class InferenceQueue:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._lock = threading.Lock()  # guards waiting, _pending and each job's started/abandoned state
         self.waiting = 0
+        self.running = 0  # calls a worker is running now
         self._max_batch = max_batch
         self._pending: list[_BatchItem] = []  # transcriptions no worker has taken yet, oldest first
         self._metrics = metrics or Metrics()
         self._metrics.watch_queue(lambda: self.waiting)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits for a worker and none is busy: optional work (live partial text) may run."""
+        return self.waiting == 0 and self.running == 0
 
     async def run_batched(self, handler: Any, inputs: Any, config: Any, *, on_segments: SegmentsCallback | None = None, cancelled: threading.Event | None = None) -> Any:
         """``handler.transcribe(inputs, config)``, possibly together with other waiting requests.
@@ -110,6 +116,7 @@ class InferenceQueue:
                 return None
             job["started"] = True
             self.waiting -= 1
+            self.running += 1
         self._metrics.in_flight.inc()
         started = time.perf_counter()
         try:
@@ -117,6 +124,8 @@ class InferenceQueue:
         finally:
             self._metrics.inference_time.observe(time.perf_counter() - started)
             self._metrics.in_flight.dec()
+            with self._lock:
+                self.running -= 1
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
