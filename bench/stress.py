@@ -20,6 +20,10 @@ Server scenarios start ``python -m server`` on the same models and act as its cl
 - ``concurrent-long``: ``--concurrent`` (8) files of ``--concurrent-hours`` of speech at once,
   diarized, with ``MAX_AUDIO_SECONDS_IN_FLIGHT`` = ``--budget-hours`` (and ``MEMORY_BUDGET_GIB`` =
   ``--memory-budget-gib``): each file's status and the server's peak RSS.
+- ``live-hour``: one live session (``/v1/realtime``, diarization on) streamed ``--live-hours`` (1) of
+  the dev clips, each followed by 1.5 s of silence that ends its turn, as fast as the server reads
+  them: the server's RSS every ``--live-sample-minutes`` (5) of streamed audio, and how many turns
+  were transcribed. A bounded session keeps it flat after the first marks.
 
 Figures are only comparable on an otherwise idle machine: the load average is printed with each.
 """
@@ -52,7 +56,7 @@ from bench.data import data_dir, manifest_rows
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 HANDLER_SCENARIOS = ("one-hertz", "silence", "speech")
-SERVER_SCENARIOS = ("tt-burst", "slowloris", "concurrent-long")
+SERVER_SCENARIOS = ("tt-burst", "slowloris", "concurrent-long", "live-hour")
 SCENARIOS = HANDLER_SCENARIOS + SERVER_SCENARIOS
 BLOCK_S = 600  # seconds written per block: the files are built without holding them as float arrays
 
@@ -67,6 +71,8 @@ def main() -> None:
     parser.add_argument("--concurrent-hours", type=float, default=0.5)
     parser.add_argument("--budget-hours", type=float, default=1.0, help="MAX_AUDIO_SECONDS_IN_FLIGHT for concurrent-long, in hours")
     parser.add_argument("--memory-budget-gib", type=float, default=None, help="MEMORY_BUDGET_GIB for concurrent-long (default: the server's own)")
+    parser.add_argument("--live-hours", type=float, default=1.0, help="live-hour: audio streamed through the one session, in hours")
+    parser.add_argument("--live-sample-minutes", type=float, default=5.0, help="live-hour: server RSS sampled every this many minutes of streamed audio")
     parser.add_argument("--child", nargs=2, metavar=("SCENARIO", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -175,6 +181,9 @@ def run_server_scenario(scenario: str, args: argparse.Namespace, tmp: Path) -> d
     if scenario == "slowloris":
         with live_server({"BODY_READ_TIMEOUT_S": "10"}) as (url, _):
             return {"scenario": scenario} | slowloris(url)
+    if scenario == "live-hour":
+        with live_server({}) as (url, process):
+            return {"scenario": scenario, "hours": args.live_hours} | asyncio.run(live_hour(url, process, args.live_hours, args.live_sample_minutes * 60))
     path = tmp / "long.flac"
     path.write_bytes(build_input("speech", args.concurrent_hours))
     env = {"MAX_AUDIO_SECONDS_IN_FLIGHT": str(args.budget_hours * 3600), "MAX_UPLOAD_BYTES": str(2**31)}
@@ -209,6 +218,64 @@ def live_server(env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]:
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+async def live_hour(url: str, process: psutil.Process, hours: float, sample_every_s: float) -> dict:
+    from websockets.asyncio.client import connect
+
+    from eval_client.live import pcm16_chunks, realtime_url
+
+    clips = dev_speech()
+    gap = np.zeros(int(1.5 * 16000), dtype=np.float32)  # longer than the server VAD's silence: ends the turn
+    counts = {"completed": 0, "failed": 0}
+    errors: list[str] = []
+    marks: list[dict] = []
+    started = time.monotonic()
+
+    def mark(streamed_s: float) -> None:
+        with contextlib.suppress(psutil.Error):
+            marks.append({"audio_min": round(streamed_s / 60, 1), "wall_s": round(time.monotonic() - started, 1), "rss_gib": round(process.memory_info().rss / 2**30, 3), "turns_completed": counts["completed"]})
+
+    async with connect(realtime_url(url), max_size=None) as ws:
+        created = json.loads(await ws.recv())
+        if created.get("type") == "error":
+            return {"failed": created["error"].get("message")}
+
+        async def receive() -> None:
+            async for message in ws:
+                body = json.loads(message)
+                kind = body.get("type", "")
+                if kind.endswith("input_audio_transcription.completed"):
+                    counts["completed"] += 1
+                elif kind.endswith("input_audio_transcription.failed"):
+                    counts["failed"] += 1
+                elif kind == "error":
+                    errors.append(str((body.get("error") or {}).get("message")))
+
+        receiver = asyncio.create_task(receive())
+        mark(0.0)
+        streamed, clips_sent, next_mark = 0.0, 0, sample_every_s
+        while streamed < hours * 3600:
+            clip = np.concatenate([clips[clips_sent % len(clips)], gap])
+            for chunk in pcm16_chunks(clip, 16000):  # ws.send waits while the server stops reading (backpressure)
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode("ascii")}))
+            streamed += len(clip) / 16000
+            clips_sent += 1
+            if streamed >= next_mark:
+                mark(streamed)
+                next_mark += sample_every_s
+        # The last turns: wait until the texts stop coming (60 s without one).
+        last, seen = time.monotonic(), -1
+        while time.monotonic() - last < 60 and not receiver.done():
+            if counts["completed"] + counts["failed"] != seen:
+                last, seen = time.monotonic(), counts["completed"] + counts["failed"]
+            await asyncio.sleep(1)
+        mark(streamed)
+        receiver.cancel()
+    rss = [m["rss_gib"] for m in marks]
+    settled = rss[min(2, len(rss) - 1):]  # from the second mark on: models warm, buffers allocated
+    return {"clips_streamed": clips_sent, "turns_completed": counts["completed"], "turns_failed": counts["failed"], "errors": errors[:5],
+            "rss_gib_first_to_last": [rss[0], rss[-1]], "rss_growth_after_warmup_gib": round(max(settled) - settled[0], 3), "marks": marks}
 
 
 def whisper_tt_body(path: Path) -> dict:

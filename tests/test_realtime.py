@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -255,6 +256,42 @@ def test_an_idle_session_is_closed_with_a_reason(handler):
             with pytest.raises(WebSocketDisconnect):
                 ws.receive_json()
         assert app.state.server.live_sessions == 0
+
+
+class SlowHandler:
+    """The real handler, each decoding started ``delay_s`` late (a busy engine)."""
+
+    def __init__(self, handler: Any, delay_s: float):
+        self._handler, self._delay_s = handler, delay_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handler, name)
+
+    def transcribe_batch(self, requests: list) -> list:
+        time.sleep(self._delay_s)
+        return self._handler.transcribe_batch(requests)
+
+    def transcribe(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self._delay_s)
+        return self._handler.transcribe(*args, **kwargs)
+
+
+def test_a_session_waiting_for_its_text_is_not_idle(handler):
+    """The client has sent its audio and waits: the idle timeout must not close the session (and
+    drop the turn) while the turn is still being decoded; once answered, the session idles out."""
+    slow = SlowHandler(handler, delay_s=2.0)
+    app = create_app(ServerSettings(_env_file=None, realtime_idle_timeout_s=0.5, realtime_partial_interval_s=0), lambda: slow, load_in_background=False)
+    with TestClient(app) as test_client, test_client.websocket_connect(ROUTE) as ws:
+        ws.receive_json()
+        ws.send_json(MANUAL)
+        for append in appends(JFK):
+            ws.send_json(append)
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        seen: list[dict] = []
+        done = until(ws, "conversation.item.input_audio_transcription.completed", seen)
+        assert wer(JFK["text"], done["transcript"]) <= 0.1
+        error = ws.receive_json()
+        assert error["type"] == "error" and error["error"]["code"] == "session_idle_timeout"
 
 
 def test_with_partial_text_on_the_deltas_still_add_up_to_the_final_text(handler):

@@ -137,6 +137,7 @@ class LiveSession:
         self.turn_start = 0
         self.previous_item_id: str | None = None
         self.turns: asyncio.Queue[Turn] = asyncio.Queue(MAX_PENDING_TURNS)
+        self.transcribing = False  # a turn taken from ``turns`` is being decoded
         self.partial: asyncio.Task | None = None
         self.partial_at = 0  # stream position of the last partial decoding
         self.speakers: SessionSpeakers | None = None
@@ -208,19 +209,24 @@ class LiveSession:
     async def _serve(self, worker: asyncio.Task) -> None:
         shutdown = asyncio.ensure_future(self.state.admission.shutting_down.wait())
         try:
+            receive: asyncio.Future | None = None
             while True:
-                receive = asyncio.ensure_future(self.ws.receive())
+                receive = receive or asyncio.ensure_future(self.ws.receive())
                 done, _ = await asyncio.wait({receive, shutdown, worker}, timeout=self.settings.realtime_idle_timeout_s, return_when=asyncio.FIRST_COMPLETED)
                 if receive not in done:
-                    receive.cancel()
                     if worker in done:  # cannot happen unless the worker failed: say so
+                        receive.cancel()
                         worker.result()
                     if shutdown in done:
+                        receive.cancel()
                         await self._close("the server is shutting down; connect again", "unavailable", 1012, "server_error")
-                    else:
-                        await self._close(f"no event for {self.settings.realtime_idle_timeout_s:g} s (REALTIME_IDLE_TIMEOUT_S); session closed", "session_idle_timeout", 1000)
+                        return
+                    if self.transcribing or not self.turns.empty():
+                        continue  # a client waiting for its turns' texts is not idle
+                    receive.cancel()
+                    await self._close(f"no event for {self.settings.realtime_idle_timeout_s:g} s (REALTIME_IDLE_TIMEOUT_S); session closed", "session_idle_timeout", 1000)
                     return
-                message = receive.result()
+                message, receive = receive.result(), None
                 if message["type"] == "websocket.disconnect":
                     return
                 if message.get("text") is None:
@@ -448,7 +454,11 @@ class LiveSession:
     async def _transcribe_turns(self) -> None:
         while True:
             turn = await self.turns.get()
-            await self._transcribe(turn)
+            self.transcribing = True
+            try:
+                await self._transcribe(turn)
+            finally:
+                self.transcribing = False
 
     async def _transcribe(self, turn: Turn) -> None:
         item = turn.item
