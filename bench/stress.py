@@ -264,9 +264,9 @@ async def live_hour(url: str, process: psutil.Process, hours: float, sample_ever
             if streamed >= next_mark:
                 mark(streamed)
                 next_mark += sample_every_s
-        # The last turns: wait until the texts stop coming (60 s without one).
+        # The last turns: wait until the texts stop coming (30 s without one; the server idles out at 60).
         last, seen = time.monotonic(), -1
-        while time.monotonic() - last < 60 and not receiver.done():
+        while time.monotonic() - last < 30 and not receiver.done():
             if counts["completed"] + counts["failed"] != seen:
                 last, seen = time.monotonic(), counts["completed"] + counts["failed"]
             await asyncio.sleep(1)
