@@ -63,6 +63,15 @@ def transcripts(ws: Any, count: int, seen: list[dict]) -> list[dict]:
     return [until(ws, "conversation.item.input_audio_transcription.completed", seen) for _ in range(count)]
 
 
+def send_and_commit(ws: Any, row: dict) -> None:
+    """Manual turns (no server VAD): the clip appended, then committed."""
+    ws.send_json(MANUAL)
+    until(ws, "transcription_session.updated")
+    for append in appends(row):
+        ws.send_json(append)
+    ws.send_json({"type": "input_audio_buffer.commit"})
+
+
 @pytest.fixture(scope="module")
 def app(handler):
     # Partial text off (its timing depends on the machine's speed); one test turns it on.
@@ -111,11 +120,7 @@ def test_beta_session_by_header_and_turn_detection_off(client):
 def test_append_commit_transcribes_jfk_and_clear_empties_the_buffer(client):
     with connect(client) as ws:
         ws.receive_json()
-        ws.send_json(MANUAL)
-        until(ws, "transcription_session.updated")
-        for event in appends(JFK):
-            ws.send_json(event)
-        ws.send_json({"type": "input_audio_buffer.commit"})
+        send_and_commit(ws, JFK)
         committed = until(ws, "input_audio_buffer.committed")
         seen: list[dict] = []
         completed = until(ws, "conversation.item.input_audio_transcription.completed", seen)
@@ -283,10 +288,7 @@ def test_a_session_waiting_for_its_text_is_not_idle(handler):
     app = create_app(ServerSettings(_env_file=None, realtime_idle_timeout_s=0.5, realtime_partial_interval_s=0), lambda: slow, load_in_background=False)
     with TestClient(app) as test_client, test_client.websocket_connect(ROUTE) as ws:
         ws.receive_json()
-        ws.send_json(MANUAL)
-        for append in appends(JFK):
-            ws.send_json(append)
-        ws.send_json({"type": "input_audio_buffer.commit"})
+        send_and_commit(ws, JFK)
         seen: list[dict] = []
         done = until(ws, "conversation.item.input_audio_transcription.completed", seen)
         assert wer(JFK["text"], done["transcript"]) <= 0.1
@@ -298,11 +300,7 @@ def test_with_partial_text_on_the_deltas_still_add_up_to_the_final_text(handler)
     app = create_app(ServerSettings(_env_file=None, realtime_partial_interval_s=0.5), lambda: handler, load_in_background=False)
     with TestClient(app) as test_client, test_client.websocket_connect(ROUTE) as ws:
         ws.receive_json()
-        ws.send_json(MANUAL)
-        until(ws, "transcription_session.updated")
-        for event in appends(JFK):
-            ws.send_json(event)
-        ws.send_json({"type": "input_audio_buffer.commit"})
+        send_and_commit(ws, JFK)
         seen: list[dict] = []
         completed = until(ws, "conversation.item.input_audio_transcription.completed", seen)
     deltas = "".join(e["delta"] for e in seen if e["type"].endswith(".delta"))
