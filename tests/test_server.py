@@ -324,7 +324,11 @@ def test_whisper_tt_diarization_without_a_model_is_a_clear_422(live):
 
 
 def test_health_is_503_while_loading_then_200(guarded):
-    assert 503 in guarded.startup_health and guarded.startup_health[-1] == 200
+    # How many 503s a poll sees depends on how fast this machine loads the models (it may see none);
+    # the log's order does not: the port answers before the models are loaded.
+    log = guarded.log_path.read_text()
+    assert log.index("Uvicorn running on") < log.index("models loaded:")
+    assert set(guarded.startup_health[:-1]) <= {503} and guarded.startup_health[-1] == 200
     assert httpx.get(f"{guarded.url}/health").json() == {"status": "ok"}
 
 

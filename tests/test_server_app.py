@@ -335,6 +335,26 @@ async def test_a_full_server_answers_503_after_the_admission_wait_while_whisper_
     assert served.status_code == tt.status_code == 200 and tt.json()["text"]
 
 
+async def test_health_is_503_with_retry_after_until_the_models_are_loaded():
+    gate = threading.Event()
+
+    def slow() -> Any:
+        gate.wait(10)
+        return FakeHandler()
+
+    async with serving(factory=slow) as server:
+        loading = await server.client.get("/health")
+        gate.set()
+        for _ in range(100):
+            ready = await server.client.get("/health")
+            if ready.status_code != 503:
+                break
+            await asyncio.sleep(0.02)
+        served = await server.client.post("/predict", content=FLAC, headers={"Content-Type": "audio/flac"})
+    assert loading.status_code == 503 and loading.json() == {"status": "loading"} and int(loading.headers["Retry-After"]) > 0
+    assert ready.status_code == 200 and ready.json() == {"status": "ok"} and served.status_code == 200
+
+
 async def test_models_loading_then_failed_load_without_secrets():
     gate = threading.Event()
 
