@@ -23,7 +23,8 @@ Server scenarios start ``python -m server`` on the same models and act as its cl
 - ``live-hour``: one live session (``/v1/realtime``, diarization on) streamed ``--live-hours`` (1) of
   the dev clips, each followed by 1.5 s of silence that ends its turn, as fast as the server reads
   them: the server's RSS every ``--live-sample-minutes`` (5) of streamed audio, and how many turns
-  were transcribed. A bounded session keeps it flat after the first marks.
+  were transcribed; the trend (least squares, GiB per audio hour) after the first marks is growth,
+  the min/max only how RSS moves with each turn.
 
 Figures are only comparable on an otherwise idle machine: the load average is printed with each.
 """
@@ -273,9 +274,13 @@ async def live_hour(url: str, process: psutil.Process, hours: float, sample_ever
         mark(streamed)
         receiver.cancel()
     rss = [m["rss_gib"] for m in marks]
-    settled = rss[min(2, len(rss) - 1):]  # from the second mark on: models warm, buffers allocated
+    settled = marks[min(2, len(marks) - 1):]  # from the second mark on: models warm, buffers allocated
+    # Growth is the trend (least squares over audio time), not the spread: RSS moves with each turn's
+    # buffers and the allocator, and returns; a leak climbs with the session's length.
+    trend = float(np.polyfit([m["audio_min"] / 60 for m in settled], [m["rss_gib"] for m in settled], 1)[0]) if len(settled) > 2 else None
     return {"clips_streamed": clips_sent, "turns_completed": counts["completed"], "turns_failed": counts["failed"], "errors": errors[:5],
-            "rss_gib_first_to_last": [rss[0], rss[-1]], "rss_growth_after_warmup_gib": round(max(settled) - settled[0], 3), "marks": marks}
+            "rss_gib_first_to_last": [rss[0], rss[-1]], "rss_gib_after_warmup_min_max": [min(m["rss_gib"] for m in settled), max(m["rss_gib"] for m in settled)],
+            "rss_gib_last_minus_warm": round(rss[-1] - settled[0]["rss_gib"], 3), "rss_trend_gib_per_audio_hour": None if trend is None else round(trend, 3), "marks": marks}
 
 
 def whisper_tt_body(path: Path) -> dict:

@@ -16,6 +16,11 @@ from server.metrics import Metrics
 SegmentsCallback = Callable[[list[Any]], None]
 
 
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class InferenceQueue:
     """Runs handler calls on ``workers`` threads, off the event loop, so /health and /metrics never
     wait on a model (what may reach it is ``server.admission``'s decision). ``run_batched`` micro-batches: the worker that picks up a
@@ -94,21 +99,19 @@ class InferenceQueue:
         with self._lock:
             self.waiting += 1
         work = asyncio.get_running_loop().run_in_executor(self._executor, self._work, job, function, *args)
+        # Read however the call ends: an abandoned call's error has nobody left to read it.
+        work.add_done_callback(_retrieve)
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
-            with self._lock:
+            with self._lock:  # one decision with the worker's: it starts the call, or it skips it
                 started = job["started"]
-            if started:
-                await asyncio.wait({work})  # the work stops at its next cancellation check
-                if not work.cancelled():
-                    work.exception()  # retrieved: nobody is left to read how the abandoned call ended
-            raise
-        finally:
-            with self._lock:
-                if not job["started"]:  # cancelled while queued: the worker will skip it
+                if not started:
                     job["abandoned"] = True
                     self.waiting -= 1
+            if started:
+                await asyncio.wait({work})  # the work stops at its next cancellation check
+            raise
 
     def _work(self, job: dict[str, bool], function: Callable[..., Any], *args: Any) -> Any:
         with self._lock:

@@ -481,3 +481,39 @@ async def test_eval_client_stream_mode_reads_both_streams_and_times_the_first_te
     assert outcome.first_text_s is not None and 0 < outcome.first_text_s <= outcome.latency_s
     with pytest.raises(ValueError, match="stream"):
         ClientConfig(protocol="hf", stream=True)
+
+
+async def test_a_call_abandoned_while_it_runs_leaves_no_unread_error():
+    """A live session closed twice over (its task cancelled while it waits for the running call to
+    stop) once left the call's RequestCancelled unread: asyncio logged "Future exception was never
+    retrieved" with a traceback for a client that simply went away."""
+    import gc
+
+    from server.inference_queue import InferenceQueue
+
+    unread: list[dict] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unread.append(context))
+    queue = InferenceQueue(workers=1)
+    started, release = threading.Event(), threading.Event()
+
+    def decode() -> None:
+        started.set()
+        release.wait(10)
+        raise RuntimeError("stopped: the client went away")
+
+    caller = asyncio.ensure_future(queue.run(decode))
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    caller.cancel()
+    await asyncio.sleep(0.05)  # the caller now waits for the running call to stop
+    caller.cancel()
+    release.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await caller
+    await asyncio.sleep(0.1)
+    queue.shutdown()
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    assert not unread and queue.waiting == queue.running == 0
