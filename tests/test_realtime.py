@@ -322,6 +322,34 @@ def test_session_speakers_keep_their_labels_across_turns():
     assert short.assign({"y": (near(voices[0]), 3.0), "x": (near(voices[1]), 3.0)})["y"] == label
 
 
+def test_a_turn_whose_speakers_cannot_be_named_fails_alone(diarizing_handler, monkeypatch):
+    """A fault after decoding (naming the turn's speakers) once killed the session's turn worker
+    silently: later turns waited forever, the socket stopped being read and its pings went
+    unanswered. The turn is answered ``failed`` with the reason; the next turn is transcribed."""
+    from server.routers.realtime import LiveSession
+
+    original, calls = LiveSession._session_segments, []
+
+    def first_fails(self: Any, *args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("no speaker embedding for this turn")
+        return original(self, *args)
+
+    monkeypatch.setattr(LiveSession, "_session_segments", first_fails)
+    app = create_app(ServerSettings(_env_file=None, realtime_partial_interval_s=0), lambda: diarizing_handler, load_in_background=False)
+    with TestClient(app) as test_client, test_client.websocket_connect(ROUTE) as ws:
+        ws.receive_json()
+        send_and_commit(ws, JFK)
+        failed = until(ws, "conversation.item.input_audio_transcription.failed")
+        for append in appends(JFK):
+            ws.send_json(append)
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        done = until(ws, "conversation.item.input_audio_transcription.completed")
+    assert failed["error"]["code"] == "inference_error" and "no speaker embedding for this turn" in failed["error"]["message"]
+    assert wer(JFK["text"], done["transcript"]) <= 0.1 and done["item_id"] != failed["item_id"]
+
+
 def test_the_two_speaker_call_gets_two_consistent_speakers(diarizing_handler):
     app = create_app(ServerSettings(_env_file=None, realtime_partial_interval_s=0), lambda: diarizing_handler, load_in_background=False)
     with TestClient(app) as test_client, test_client.websocket_connect(ROUTE) as ws:

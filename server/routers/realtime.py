@@ -468,7 +468,10 @@ class LiveSession:
             response = await self._decode(turn.samples, diarize=speakers is not None)
             # Named in the session's terms off the loop (CAM++ embeddings of each speaker's speech).
             segments = await asyncio.to_thread(self._session_segments, speakers, turn, response) if speakers is not None else []
-        except EndpointError as error:
+        except Exception as error:
+            if not isinstance(error, EndpointError):  # a fault of ours naming speakers: this turn fails, the session goes on
+                logger.exception("live speaker naming failed")
+                error = InferenceError(f"naming the turn's speakers failed: {type(error).__name__}: {error}")
             item.done = True
             self.state.metrics.errors.labels(error.kind).inc()
             await self._send(event("conversation.item.input_audio_transcription.failed", item_id=item.item_id, content_index=0,
