@@ -59,8 +59,16 @@ class SpeakerClustering(AgglomerativeClustering):
         self.min_active_ratio = Uniform(0.0, 0.5)
         self.small_cluster_threshold = Uniform(0.0, 2.0)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        hard_clusters, soft_clusters, centroids = super().__call__(*args, **kwargs)
+    def __call__(self, embeddings: np.ndarray, segmentations: SlidingWindowFeature | None = None, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        if len(self.filter_embeddings(embeddings, segmentations=segmentations)[0]) == 0:
+            # No speaker speaks alone long enough in any chunk (a short live turn): one speaker, as
+            # pyannote decides then, without its mean of zero embeddings (a NaN centroid and two
+            # RuntimeWarnings in the server's log); the reassignment skips non-finite centroids.
+            num_chunks, num_speakers, dimension = embeddings.shape
+            hard_clusters, soft_clusters = np.zeros((num_chunks, num_speakers), dtype=np.int8), np.ones((num_chunks, num_speakers, 1))
+            centroids = np.full((1, dimension), np.nan)
+        else:
+            hard_clusters, soft_clusters, centroids = super().__call__(embeddings, segmentations=segmentations, **kwargs)
         call = _current_call.get()
         if call is not None:  # for the reassignment stage, which pyannote's apply does not give them to
             call.centroids = centroids

@@ -242,6 +242,26 @@ def test_clustering_keeps_a_small_but_distinct_speaker():
     assert len(set(clustering.cluster(embeddings.copy(), min_clusters=1, max_clusters=2))) == 2
 
 
+def test_clustering_with_no_speaker_alone_long_enough_is_one_speaker_without_warnings():
+    """A short live turn where no speaker speaks alone for ``min_active_ratio`` of a chunk: pyannote
+    averaged zero embeddings (RuntimeWarning "Mean of empty slice", seen streaming an hour live)."""
+    import warnings
+
+    from pyannote.core import SlidingWindow, SlidingWindowFeature
+
+    from diarization.pipeline import SpeakerClustering
+
+    clustering = SpeakerClustering()
+    clustering.instantiate({"method": "centroid", "threshold": 0.7, "min_cluster_size": 12, "min_active_ratio": 0.2, "small_cluster_threshold": 0.5})
+    segmentation = np.zeros((2, 100, 3), dtype=np.float32)
+    segmentation[:, :10, 0] = 1  # each chunk: speaker 0 alone for 10 % of it, the rest silence
+    embeddings = np.random.default_rng(0).standard_normal((2, 3, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hard, soft, centroids = clustering(embeddings, segmentations=SlidingWindowFeature(segmentation, SlidingWindow(duration=10.0, step=1.0)))
+    assert (hard == 0).all() and soft.shape == (2, 3, 1) and centroids.shape == (1, 16)
+
+
 def test_silence_gives_no_speakers(diarizer, dev_results):
     assert [len(h) for item, h in dev_results if item.id == "pyannote_empty"] == [0]
     assert diarizer.diarize(np.zeros(16000 * 3, dtype=np.float32)) == []
