@@ -53,7 +53,7 @@ class ModelSettings(BaseSettings):
     cpu_threads: int | None = Field(None, ge=1, description="CTranslate2 intra-op threads (default: torch_threads, else the CPU count).")
     voiceprints_db: str = Field("voiceprints.sqlite3", description="SQLite file of enrolled speakers' voiceprints (relative paths: to the repository directory).")
     speaker_match_threshold: float = Field(DEFAULT_SPEAKER_MATCH_THRESHOLD, ge=-1, le=1, description="Cosine similarity at which a known speaker's reference names a diarized speaker.")
-    trim_encoder_window: bool = Field(False, description="CTranslate2: encode short chunks in a trimmed window (chunk + 5 s, at least 10 s) instead of Whisper's full 30 s, checked and redone in full on failure; 1.6-1.8x faster on short clips on CPU (dev short set). Off by default: Whisper was trained on full windows.")
+    trim_encoder_window: bool = Field(False, description="CTranslate2: encode short chunks in a trimmed window (chunk + 5 s, at least 10 s) instead of Whisper's full 30 s, checked and redone in full on failure; faster on short clips on CPU. Off by default: Whisper was trained on full windows, and the raw text changes (punctuation) on some clips (docs/decoding.md).")
 
     @field_validator("assistant_model", "diarization_model", "hf_token", "device", "dtype", "ct2_model", mode="before")
     @classmethod
