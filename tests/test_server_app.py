@@ -335,6 +335,16 @@ async def test_a_full_server_answers_503_after_the_admission_wait_while_whisper_
     assert served.status_code == tt.status_code == 200 and tt.json()["text"]
 
 
+async def health_after_loading(server: Server) -> httpx.Response:
+    """/health once it stops answering 503 (loading), polled for up to 2 s."""
+    for _ in range(100):
+        response = await server.client.get("/health")
+        if response.status_code != 503:
+            return response
+        await asyncio.sleep(0.02)
+    return response
+
+
 async def test_health_is_503_with_retry_after_until_the_models_are_loaded():
     gate = threading.Event()
 
@@ -345,11 +355,7 @@ async def test_health_is_503_with_retry_after_until_the_models_are_loaded():
     async with serving(factory=slow) as server:
         loading = await server.client.get("/health")
         gate.set()
-        for _ in range(100):
-            ready = await server.client.get("/health")
-            if ready.status_code != 503:
-                break
-            await asyncio.sleep(0.02)
+        ready = await health_after_loading(server)
         served = await server.client.post("/predict", content=FLAC, headers={"Content-Type": "audio/flac"})
     assert loading.status_code == 503 and loading.json() == {"status": "loading"} and int(loading.headers["Retry-After"]) > 0
     assert ready.status_code == 200 and ready.json() == {"status": "ok"} and served.status_code == 200
@@ -366,11 +372,7 @@ async def test_models_loading_then_failed_load_without_secrets():
         loading = await server.client.get("/health")
         refused = await server.client.post("/predict", content=FLAC, headers={"Content-Type": "audio/flac"})
         gate.set()
-        for _ in range(100):
-            if (await server.client.get("/health")).status_code != 503:
-                break
-            await asyncio.sleep(0.02)
-        failed = await server.client.get("/health")
+        failed = await health_after_loading(server)
     assert loading.status_code == 503 and loading.headers["Retry-After"]
     assert refused.status_code == 503 and refused.json()["error_type"] == "unavailable"
     assert failed.status_code == 500 and "cannot reach the hub" in failed.json()["error"]
