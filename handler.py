@@ -22,7 +22,7 @@ from audio import TARGET_SAMPLING_RATE, Audio, as_float32, load_audio
 from config import InferenceConfig, ModelSettings, Timestamps, check_speaker_name
 from diarization.blocks import diarize_speech, embedding_inference
 from diarization.speaker_identification import SpeakerEmbedder, match_speakers, rename_speakers
-from diarization.speech_detection import SpeechRegion, detect_speech
+from diarization.speech_detection import SpeechRegion, detect_speech, diarization_speech
 from diarization.voiceprints import EnrolledSpeaker, Voiceprint, VoiceprintStore
 from diarization_utils import Diarizer, mark_overlaps, merge_speakers
 from errors import AudioDecodeError, InvalidParameters, ModelNotConfigured
@@ -172,9 +172,10 @@ class EndpointHandler:
         return self._diarization_thread.submit(self._timed, self._diarize_and_name, audio.samples, regions, config, known)
 
     def _diarize_and_name(self, samples, regions: list[SpeechRegion], config: InferenceConfig, known: list[Voiceprint]) -> tuple[list[SpeakerSegment], list[SpeakerMatch] | None]:
-        """Speaker turns; with known speakers, the final speakers (after block linking) are matched
-        to them by the centroid embeddings of their own speech and renamed."""
-        turns = diarize_speech(self.diarizer, samples, regions, **config.speaker_constraints)
+        """Speaker turns over Silero's speech ``regions`` and what the pipeline's segmentation model
+        hears besides (quiet far-field speech); with known speakers, the final speakers (after block
+        linking) are matched to them by the centroid embeddings of their own speech and renamed."""
+        turns = diarize_speech(self.diarizer, samples, diarization_speech(self.diarizer, samples, regions), **config.speaker_constraints)
         if not known:
             return turns, None
         matches = match_speakers(self.embedder.speaker_centroids(samples, turns), known, self.settings.speaker_match_threshold)

@@ -4,7 +4,8 @@ speaker-attributed WER (cpWER) of the whole system on the 2-speaker call, by mer
     python bench/diarization_metrics.py [--threads 1] [--skip-asr]
 
 Each item is diarized as the endpoint diarizes it (``handler.Handler``): ``diarization.speech_detection.detect_speech`` finds
-the speech regions (Silero, the handler's arguments), ``diarization.blocks.diarize_speech`` diarizes
+the speech regions (Silero, the handler's arguments), ``diarization_speech`` adds what the pipeline's
+segmentation model hears, ``diarization.blocks.diarize_speech`` diarizes
 only those (joined, through ``Diarizer.diarize``) and maps the turns back to the file's timeline.
 
 DER: pyannote.metrics, overlap scored, collar 0 and 0.25 s, inside each item's UEM (whole file
@@ -36,7 +37,7 @@ class StageTimer:
     STAGES = {"segmentation": "segmentation", "speaker_counting": "segmentation", "embeddings": "embedding", "discrete_diarization": "clustering, reconstruction, reassignment"}
 
     def __init__(self) -> None:
-        self.totals = {"vad": 0.0, **{name: 0.0 for name in dict.fromkeys(self.STAGES.values())}, "output": 0.0}
+        self.totals = {"speech detection": 0.0, **{name: 0.0 for name in dict.fromkeys(self.STAGES.values())}, "output": 0.0}
 
     def start(self):
         self.last = time.process_time()
@@ -75,6 +76,55 @@ class TimedPipeline:
 
     def __getattr__(self, name: str):
         return getattr(self.pipeline, name)
+
+
+def segmentation_alone(pipeline, item) -> "Annotation":
+    """The speech the pipeline's segmentation model alone hears in the whole item, with as many
+    (anonymous) speakers per frame as its speaker count says: scored, its miss and false alarm are
+    what the segmentation allows (its confusion means nothing)."""
+    import torch
+    from pyannote.audio.utils.signal import Binarize
+    from pyannote.core import SlidingWindowFeature
+
+    counts: list[SlidingWindowFeature] = []
+
+    def keep_count(step: str, artifact, **kwargs) -> None:
+        if step == "speaker_counting":  # copied: the pipeline changes it in place afterwards
+            counts.append(SlidingWindowFeature(np.array(artifact.data, copy=True), artifact.sliding_window))
+
+    with torch.inference_mode():
+        pipeline(item.file(), hook=keep_count)
+    count = np.nan_to_num(counts[0].data).reshape(-1)
+    layers = np.stack([count > k for k in range(max(1, int(count.max())))], axis=1).astype(np.float32)
+    return Binarize(onset=0.5, offset=0.5)(SlidingWindowFeature(layers, counts[0].sliding_window))
+
+
+def speech_detection_errors(item, regions) -> tuple[float, float]:
+    """Missed speech and false alarm of speech ``regions`` ((start, end) seconds) against the
+    reference's speech (anyone speaking), as shares of the reference speech (pyannote.metrics'
+    detection error rate, inside the item's UEM)."""
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.detection import DetectionErrorRate
+
+    hypothesis = Annotation(uri=item.id)
+    for index, (start, end) in enumerate(regions):
+        hypothesis[Segment(start, end), index] = "speech"
+    uem = item.uem or Timeline([Segment(0.0, item.samples.shape[-1] / 16000)])
+    components = DetectionErrorRate(collar=0.0, skip_overlap=False)(item.reference, hypothesis, uem=uem, detailed=True)
+    total = components["total"]
+    return (components["miss"] / total, components["false alarm"] / total) if total else (float("nan"), float("nan"))
+
+
+def stock_speech_activity(pipeline):
+    """pyannote's ``VoiceActivityDetection`` over the pipeline's segmentation checkpoint with
+    pyannote's own defaults (windows every tenth of their length, no region filtering)."""
+    from pyannote.audio import Model
+    from pyannote.audio.pipelines import VoiceActivityDetection
+
+    spec = pipeline.segmentation_model
+    model = Model.from_pretrained(**spec) if isinstance(spec, dict) else Model.from_pretrained(spec)
+    detector = VoiceActivityDetection(segmentation=model).instantiate({"min_duration_on": 0.0, "min_duration_off": 0.0})
+    return lambda item: [(s.start, s.end) for s in detector(item.file()).get_timeline().support()]
 
 
 def blog_merge(chunks, turns) -> list[tuple[str, str]]:
@@ -133,7 +183,7 @@ def main() -> None:
 
     from config import InferenceConfig, ModelSettings
     from diarization.blocks import diarize_speech
-    from diarization.speech_detection import detect_speech
+    from diarization.speech_detection import detect_speech, diarization_speech
     from diarization_utils import Diarizer, merge_speakers
     from tune_diarization import as_hypothesis, der, dev_items
 
@@ -145,22 +195,23 @@ def main() -> None:
 
     def speaker_turns(samples: np.ndarray) -> list:
         """What the handler runs for a diarized request without speaker constraints."""
-        return diarize_speech(diarizer, samples, detect_speech(samples))
+        return diarize_speech(diarizer, samples, diarization_speech(diarizer, samples, detect_speech(samples)))
 
     items = dev_items(args.data_dir)
     speaker_turns(items[0].samples[0].numpy())  # warm-up, not timed
     stage_seconds.__init__()
 
     print(f"pipeline {args.pipeline}: {loaded.pipeline.parameters(instantiated=True)}; torch threads {args.threads}")
-    print(f"{'item':30} {'dur s':>6} {'speech':>6} {'ref spk':>7} {'hyp spk':>7} {'DER c0':>7} {'DER c.25':>8} {'miss':>6} {'FA':>6} {'conf':>6} {'wall s':>7} {'cpu s':>6}")
+    stock_speech = stock_speech_activity(loaded.pipeline)
+    print(f"{'item':30} {'dur s':>6} {'speech':>6} {'ref spk':>7} {'hyp spk':>7} {'DER c0':>7} {'DER c.25':>8} {'miss':>6} {'FA':>6} {'conf':>6} {'wall s':>7} {'cpu s':>6} {'seg miss':>8} {'seg FA':>6} | {'SAD miss/FA: silero':>19} {'ours':>11} {'pyannote':>11}")
     audio_seconds = wall_seconds = cpu_seconds = 0.0
     totals = {0.0: [0.0, 0.0], 0.25: [0.0, 0.0]}
     counted = 0
     for item in items:
         samples = item.samples[0].numpy()
         wall, cpu = time.perf_counter(), time.process_time()
-        regions = detect_speech(samples)  # handler.Handler: the VAD first, its regions to diarization
-        stage_seconds.totals["vad"] += time.process_time() - cpu
+        regions = diarization_speech(diarizer, samples, detect_speech(samples))  # as handler.Handler
+        stage_seconds.totals["speech detection"] += time.process_time() - cpu
         turns = diarize_speech(diarizer, samples, regions)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         duration = len(samples) / 16000
@@ -175,11 +226,16 @@ def main() -> None:
         shares = [c0[k] / c0["total"] if c0["total"] else float("nan") for k in ("missed detection", "false alarm", "confusion")]
         counted += len(item.reference.labels()) > 0 and len(item.reference.labels()) == len(hypothesis.labels())
         speech = sum(r.end - r.start for r in regions)
-        print(f"{item.id:30} {duration:6.1f} {speech:6.1f} {len(item.reference.labels()):7d} {len(hypothesis.labels()):7d} {rates[0.0]:7.3f} {rates[0.25]:8.3f} {shares[0]:6.3f} {shares[1]:6.3f} {shares[2]:6.3f} {wall:7.2f} {cpu:6.2f}")
+        _, alone = der(item, segmentation_alone(loaded.pipeline, item), 0.0)
+        alone_shares = [alone[k] / alone["total"] if alone["total"] else float("nan") for k in ("missed detection", "false alarm")]
+        detection = [speech_detection_errors(item, spans) for spans in ([tuple(r) for r in detect_speech(samples)], [tuple(r) for r in regions], stock_speech(item))]
+        print(f"{item.id:30} {duration:6.1f} {speech:6.1f} {len(item.reference.labels()):7d} {len(hypothesis.labels()):7d} {rates[0.0]:7.3f} {rates[0.25]:8.3f} {shares[0]:6.3f} {shares[1]:6.3f} {shares[2]:6.3f} {wall:7.2f} {cpu:6.2f} {alone_shares[0]:8.3f} {alone_shares[1]:6.3f} | " + " ".join(f"{m:5.3f}/{f:5.3f}" for m, f in detection))
     print(f"{'aggregate (all items)':30} {audio_seconds:6.1f} {'':6} {'':7} {'':7} {totals[0.0][0] / totals[0.0][1]:7.3f} {totals[0.25][0] / totals[0.25][1]:8.3f}")
     with_reference = sum(1 for item in items if item.reference.labels())
     print(f"right speaker count on {counted} of {with_reference} items with speakers")
-    print(f"diarization speed (VAD included): {60 * wall_seconds / audio_seconds:.2f} s wall and {60 * cpu_seconds / audio_seconds:.2f} s CPU per minute of audio (RTF {wall_seconds / audio_seconds:.3f})")
+    print("seg miss / seg FA: DER components of the segmentation model alone (the pipeline's speaker counts per frame over the whole item)")
+    print("SAD miss/FA (speech activity, anyone speaking; shares of the reference speech): Silero's regions (before), the speech handed to diarization (ours), pyannote's VoiceActivityDetection with its defaults over the whole item")
+    print(f"diarization speed (speech detection included): {60 * wall_seconds / audio_seconds:.2f} s wall and {60 * cpu_seconds / audio_seconds:.2f} s CPU per minute of audio (RTF {wall_seconds / audio_seconds:.3f})")
     print("  CPU per minute of audio by stage: " + ", ".join(f"{name} {60 * seconds / audio_seconds:.2f} s" for name, seconds in stage_seconds.totals.items()))
     other = cpu_seconds - sum(stage_seconds.totals.values())
     print(f"  (the rest, joining speech and mapping turns back: {60 * other / audio_seconds:.2f} s)")

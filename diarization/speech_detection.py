@@ -1,20 +1,28 @@
-"""Speech regions of 16 kHz audio (Silero VAD, as faster-whisper's batched pipeline runs it).
+"""Speech regions of 16 kHz audio.
 
-One place that decides where speech is: the decoding pipeline cuts its windows from these regions and
-diarization runs only over them, so audio without speech costs almost nothing.
+``detect_speech``: Silero VAD, as faster-whisper's batched pipeline runs it. The decoding pipeline
+cuts its windows from these regions, and audio where it finds no speech costs almost nothing.
+
+``diarization_speech``: what diarization runs over: Silero's regions joined with the speech that the
+diarization pipeline's own segmentation model (pyannote segmentation-3.0, trained on meetings among
+others) hears. Silero misses quiet, far-field meeting speech that the segmentation model keeps; the
+diarization pipeline then works on speech only (non-speech cut out), which keeps its clustering clean.
 
 Two things keep long audio cheap: stretches whose peak stays under ``GATE_PEAK`` (digital silence,
-gaps in a recording) never reach the model, and the model runs block by block, because
+gaps in a recording) never reach either model, and the models run block by block, because
 faster-whisper's wrapper copies its whole input about twice (padding, context windows).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from audio import as_float32
+
+if TYPE_CHECKING:
+    from diarization_utils import Diarizer
 
 SAMPLING_RATE = 16000
 GATE_PEAK = 1e-3  # -60 dBFS: quieter than any recording's noise floor, so only true silence is skipped
@@ -45,6 +53,19 @@ def detect_speech(samples: np.ndarray, *, max_speech_s: float = float("inf"), mi
             else:
                 regions.append(region)
     return regions
+
+
+def diarization_speech(diarizer: "Diarizer", samples: np.ndarray, regions: Sequence[SpeechRegion]) -> list[SpeechRegion]:
+    """The union of ``regions`` (``detect_speech``'s) and the speech the diarization pipeline's
+    segmentation model hears in the audible blocks of ``samples``, sorted and disjoint."""
+    spans = sorted([(r.start, r.end) for r in regions] + [(start / SAMPLING_RATE + s, start / SAMPLING_RATE + e) for start, end in _blocks(samples) for s, e in diarizer.speech_activity(as_float32(samples[start:end]))])
+    joined: list[SpeechRegion] = []
+    for span_start, span_end in spans:
+        if joined and span_start <= joined[-1].end:
+            joined[-1] = SpeechRegion(joined[-1].start, max(joined[-1].end, span_end))
+        else:
+            joined.append(SpeechRegion(span_start, span_end))
+    return joined
 
 
 def _blocks(samples: np.ndarray) -> Iterator[tuple[int, int]]:

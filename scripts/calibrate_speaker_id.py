@@ -39,7 +39,7 @@ from audio import load_audio  # noqa: E402
 from config import MAX_REFERENCE_SECONDS, MIN_REFERENCE_SECONDS, ModelSettings  # noqa: E402
 from diarization.blocks import diarize_speech, embedding_inference  # noqa: E402
 from diarization.speaker_identification import SpeakerEmbedder  # noqa: E402
-from diarization.speech_detection import detect_speech  # noqa: E402
+from diarization.speech_detection import detect_speech, diarization_speech  # noqa: E402
 from diarization_utils import Diarizer  # noqa: E402
 from errors import InvalidSpeakerReference  # noqa: E402
 
@@ -75,7 +75,7 @@ def main() -> None:
         if item.id in HELD_OUT or not item.reference.labels():
             continue
         samples = item.samples[0].numpy()
-        segments = diarize_speech(diarizer, samples, detect_speech(samples))
+        segments = diarize_speech(diarizer, samples, diarization_speech(diarizer, samples, detect_speech(samples)))
         centroids = embedder.speaker_centroids(samples, segments)
         hypothesis = Annotation(uri=item.id)
         for s in segments:

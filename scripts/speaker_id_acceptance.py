@@ -38,7 +38,7 @@ from audio import load_audio  # noqa: E402
 from config import ModelSettings  # noqa: E402
 from diarization.blocks import diarize_speech, embedding_inference  # noqa: E402
 from diarization.speaker_identification import SpeakerEmbedder, match_speakers  # noqa: E402
-from diarization.speech_detection import detect_speech  # noqa: E402
+from diarization.speech_detection import detect_speech, diarization_speech  # noqa: E402
 from diarization_utils import Diarizer  # noqa: E402
 from errors import InvalidSpeakerReference  # noqa: E402
 
@@ -93,7 +93,7 @@ def main() -> None:
 
     scored = scored_reference(call_reference)
     for constraint in ({"num_speakers": 2}, {}):
-        turns = diarize_speech(diarizer, samples, detect_speech(samples), **constraint)
+        turns = diarize_speech(diarizer, samples, diarization_speech(diarizer, samples, detect_speech(samples)), **constraint)
         hypothesis = Annotation(uri=CALL)
         for i, turn in enumerate(turns):
             hypothesis[Segment(turn.start, turn.end), i] = turn.speaker

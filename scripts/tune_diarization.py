@@ -1,7 +1,8 @@
 """Tune the offline diarization pipeline's clustering on the dev diarization items (with a reference).
 
 Items are diarized as the endpoint diarizes them: ``diarization.speech_detection.detect_speech`` (Silero speech regions, the
-handler's arguments), then ``diarization.blocks.diarize_speech`` (only those regions, joined, through
+handler's arguments) joined with the segmentation model's speech (``diarization_speech``), then
+``diarization.blocks.diarize_speech`` (only those regions, joined, through
 ``Diarizer.diarize``), turns mapped back to the file's timeline. The speech regions, and the
 segmentation and embeddings of each joined audio, do not depend on the tuned parameters, so they are
 computed once per item and cached; each trial re-runs only clustering and reconstruction. The
@@ -182,11 +183,11 @@ def main() -> None:
     grid = GRIDS[args.grid]
     torch.set_num_threads(1)  # shared 2-core machines: one thread is faster than two contended ones
 
-    from diarization.speech_detection import detect_speech
+    from diarization.speech_detection import detect_speech, diarization_speech
 
     diarizer = load_diarizer(args.pipeline, cached=True)
     items = dev_items(args.data_dir)
-    regions = [detect_speech(item.samples[0].numpy()) for item in items]  # as the handler calls it
+    regions = [diarization_speech(diarizer, item.samples[0].numpy(), detect_speech(item.samples[0].numpy())) for item in items]  # as the handler calls it
     default = diarizer.pipeline.parameters(instantiated=True)
     references = [len(item.reference.labels()) for item in items]
 
