@@ -20,14 +20,14 @@ import torch
 from asr import Request, build_transcriber
 from audio import TARGET_SAMPLING_RATE, Audio, as_float32, load_audio
 from config import InferenceConfig, ModelSettings, Timestamps, check_speaker_name
+from diarization.blocks import diarize_speech, embedding_inference
+from diarization.speaker_identification import SpeakerEmbedder, match_speakers, rename_speakers
+from diarization.speech_detection import SpeechRegion, detect_speech
+from diarization.voiceprints import EnrolledSpeaker, Voiceprint, VoiceprintStore
 from diarization_utils import Diarizer, mark_overlaps, merge_speakers
 from errors import AudioDecodeError, InvalidParameters, ModelNotConfigured
 from memory import release_freed_memory
 from schemas import Chunk, SpeakerMatch, SpeakerSegment, Transcript, TranscriptionResponse
-from speaker_id import SpeakerEmbedder, match_speakers, rename_speakers
-from speech_diarization import diarize_speech, embedding_inference
-from vad import SpeechRegion, detect_speech
-from voiceprints import EnrolledSpeaker, Voiceprint, VoiceprintStore
 
 # Audio at least this long is checked for speech before any model runs (the VAD costs well under 1%
 # of ASR's time): a file with no speech at all is answered without decoding or diarizing it.

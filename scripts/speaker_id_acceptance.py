@@ -4,7 +4,7 @@ The call is cut as the tests cut it (``tests/speaker_clips.py``): Diane's and Sh
 taken from speech that is then removed from the audio that gets diarized. The remainder is diarized
 as the handler diarizes it (speech only, blocks linked; ``num_speakers=2`` and the automatic count),
 each final speaker embedded from their own speech, and names given by the handler's own matching
-(``speaker_id.match_speakers`` at the configured threshold). A name is correct when its speaker is
+(``diarization.speaker_identification.match_speakers`` at the configured threshold). A name is correct when its speaker is
 the one the reference RTTM puts most of that person's scored speech on (pyannote's optimal mapping).
 
 Absent voices: every speaker of every other dev diarization item with a reference (AMI excerpts,
@@ -36,11 +36,11 @@ from tune_diarization import DEFAULT_PIPELINE, dev_items  # noqa: E402
 
 from audio import load_audio  # noqa: E402
 from config import ModelSettings  # noqa: E402
+from diarization.blocks import diarize_speech, embedding_inference  # noqa: E402
+from diarization.speaker_identification import SpeakerEmbedder, match_speakers  # noqa: E402
+from diarization.speech_detection import detect_speech  # noqa: E402
 from diarization_utils import Diarizer  # noqa: E402
 from errors import InvalidSpeakerReference  # noqa: E402
-from speaker_id import SpeakerEmbedder, match_speakers  # noqa: E402
-from speech_diarization import diarize_speech, embedding_inference  # noqa: E402
-from vad import detect_speech  # noqa: E402
 
 CALL = "pyannote_sample"
 

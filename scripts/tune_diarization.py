@@ -1,7 +1,7 @@
 """Tune the offline diarization pipeline's clustering on the dev diarization items (with a reference).
 
-Items are diarized as the endpoint diarizes them: ``vad.detect_speech`` (Silero speech regions, the
-handler's arguments), then ``speech_diarization.diarize_speech`` (only those regions, joined, through
+Items are diarized as the endpoint diarizes them: ``diarization.speech_detection.detect_speech`` (Silero speech regions, the
+handler's arguments), then ``diarization.blocks.diarize_speech`` (only those regions, joined, through
 ``Diarizer.diarize``), turns mapped back to the file's timeline. The speech regions, and the
 segmentation and embeddings of each joined audio, do not depend on the tuned parameters, so they are
 computed once per item and cached; each trial re-runs only clustering and reconstruction. The
@@ -132,7 +132,7 @@ COLLARS = (0.0, 0.25)
 
 def item_errors(diarizer, item: DevItem, regions, params: dict) -> tuple[Errors, int]:
     """One item's DER components at collar 0 and 0.25 s on the deployed path, and its speaker count."""
-    from speech_diarization import diarize_speech
+    from diarization.blocks import diarize_speech
 
     diarizer.pipeline.instantiate(params)
     hypothesis = as_hypothesis(item.id, diarize_speech(diarizer, item.samples[0].numpy(), regions))
@@ -182,7 +182,7 @@ def main() -> None:
     grid = GRIDS[args.grid]
     torch.set_num_threads(1)  # shared 2-core machines: one thread is faster than two contended ones
 
-    from vad import detect_speech
+    from diarization.speech_detection import detect_speech
 
     diarizer = load_diarizer(args.pipeline, cached=True)
     items = dev_items(args.data_dir)

@@ -24,6 +24,8 @@ JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you
 # prompt (those cost far more than 0.1), few enough for 2 CPU cores.
 ITEMS = [row for row in manifest_rows("asr_short") if row.get("text") and row["duration"] <= 30][:3]
 MAX_WER = 0.2
+# How far the short set's int8 WER moves under inaudible changes (bench.stability, README).
+STABILITY_SPREAD = 0.02
 
 
 def items_wer(texts: list[str]) -> float:
@@ -154,15 +156,21 @@ def trimmed_handler() -> EndpointHandler:
     return EndpointHandler(str(REPO_DIR), settings=settings)
 
 
-def test_trimmed_windows_keep_the_wer_of_the_short_set(trimmed_handler):
-    """All 25 dev short clips (252 s). Measured WER 0.0905 trimmed, 0.0874 in full windows, 0.0936
-    for faster-whisper's batched pipeline; a clip lost or cut short costs 0.015 or more."""
+def test_trimmed_windows_keep_the_wer_of_the_short_set(trimmed_handler, ct2_handler):
+    """All 25 dev short clips (252 s), trimmed against full windows in the same run: int8 kernels
+    differ by CPU (an absolute bound measured on one machine failed on another), while both systems
+    move together. The set's WER moves by 0.02 under inaudible changes (bench.stability): a larger
+    gap is a real loss. A clip lost or cut short costs its own WER 0.3 or more."""
     rows = [row for row in manifest_rows("asr_short") if row.get("text")]
-    responses = [trimmed_handler.transcribe(open(row["audio"], "rb").read(), InferenceConfig()) for row in rows]
-    score = corpus_wer([row["text"] for row in rows], [r.text for r in responses])
-    assert score <= 0.095, score
-    for response in responses:
-        assert all(0 <= c.timestamp[0] <= c.timestamp[1] <= response.duration for c in response.chunks)
+    clips = [open(row["audio"], "rb").read() for row in rows]
+    trimmed = [trimmed_handler.transcribe(clip, InferenceConfig()) for clip in clips]
+    full = [ct2_handler.transcribe(clip, InferenceConfig()) for clip in clips]
+    references = [row["text"] for row in rows]
+    scores = {"trimmed": corpus_wer(references, [r.text for r in trimmed]), "full": corpus_wer(references, [r.text for r in full])}
+    assert scores["trimmed"] <= scores["full"] + STABILITY_SPREAD, scores
+    for row, ours, theirs in zip(rows, trimmed, full):
+        assert corpus_wer([row["text"]], [ours.text]) <= corpus_wer([row["text"]], [theirs.text]) + 0.3, (row["id"], ours.text, theirs.text)
+        assert all(0 <= c.timestamp[0] <= c.timestamp[1] <= ours.duration for c in ours.chunks)
 
 
 def test_trimmed_micro_batch_equals_one_at_a_time(trimmed_handler, audio_bytes):
@@ -206,7 +214,7 @@ def test_a_failed_trimmed_window_is_decoded_again_in_full(trimmed_handler, ct2_h
 def test_coverage_check_of_a_trimmed_window(parts, seek, expected):
     from asr.pipeline import _covers, _Row, compression_ratio
 
-    row = _Row(request=0, offset=0.0, duration=3.0, features=np.zeros((80, 300), dtype=np.float32))
+    row = _Row(request=0, offset=0.0, duration=3.0, features=np.zeros((80, 400), dtype=np.float32), frames=300)
     text = "".join(token for part in parts for token in part["tokens"])
     assert _covers(parts, seek, row, compression_ratio(text)) is expected
 

@@ -14,19 +14,19 @@ from conftest import DATA_DIR, DIARIZATION_MODEL, REPO_DIR, manifest_rows
 
 from audio import load_audio
 from config import InferenceConfig, ModelSettings
+from diarization.blocks import diarize_speech
+from diarization.speech_detection import detect_speech
 from errors import InvalidParameters, ModelLoadError, ModelNotConfigured
 from eval_client.metrics import normalize
 from schemas import Chunk, SpeakerSegment, Transcript, Word
-from speech_diarization import diarize_speech
-from vad import detect_speech
 
 sys.path.insert(0, str(REPO_DIR / "scripts"))
 from tune_diarization import as_hypothesis, der, dev_items  # noqa: E402
 
 DIARIZATION_ITEMS = {row["id"]: row for row in manifest_rows("diarization")}
 
-# Accuracy is measured on the endpoint's path (the handler's calls): vad.detect_speech, then
-# speech_diarization.diarize_speech over the speech regions only.
+# Accuracy is measured on the endpoint's path (the handler's calls): diarization.speech_detection.detect_speech, then
+# diarization.blocks.diarize_speech over the speech regions only.
 # Upper bounds on DER (pyannote.metrics, overlap scored, inside the UEM when there is one), per item:
 # about 1.5x the value measured with the tuned pipeline (bench/diarization_metrics.py: sample 0.054 /
 # 0.017, stereo 0.083 / 0.038) plus 0.02, so that thread-count or platform noise cannot fail them,
@@ -71,7 +71,7 @@ def test_pipeline_loads_and_runs_with_the_hub_unreachable():
 def test_campplus_loads_3d_speaker_state_dict_strictly():
     from pyannote.audio import Model
 
-    from speaker_embedding import CAMPPlus
+    from diarization.embedding import CAMPPlus
 
     saved = torch.load(DIARIZATION_MODEL / "embedding" / "pytorch_model.bin", map_location="cpu", weights_only=False)
     state = saved["state_dict"]
@@ -168,7 +168,7 @@ def _window_embedder(voice_of_window):
 def test_window_reassignment_moves_windows_nearer_another_centroid():
     from pyannote.core import SlidingWindow, SlidingWindowFeature
 
-    from diarization_pipeline import WindowReassignment
+    from diarization.pipeline import WindowReassignment
 
     voices = np.eye(2, 8)
     frames = SlidingWindow(start=0.0, duration=0.02, step=0.02)
@@ -192,7 +192,7 @@ def test_window_reassignment_moves_windows_nearer_another_centroid():
 def test_window_reassignment_never_drops_a_speaker():
     from pyannote.core import SlidingWindow, SlidingWindowFeature
 
-    from diarization_pipeline import WindowReassignment
+    from diarization.pipeline import WindowReassignment
 
     voices = np.eye(2, 8)
     activity = np.zeros((200, 2))
@@ -227,7 +227,7 @@ def test_one_pass_embeddings_match_the_per_chunk_ones(diarizer):
 def test_clustering_keeps_a_small_but_distinct_speaker():
     """Two talkative speakers and one who says little (3 embeddings): a distinct small cluster stays
     a speaker; with pyannote's rule (small clusters always merged) it is absorbed."""
-    from diarization_pipeline import SpeakerClustering
+    from diarization.pipeline import SpeakerClustering
 
     rng = np.random.default_rng(0)
     voices = np.eye(3, 16)

@@ -13,13 +13,12 @@ import pytest
 import soundfile
 from conftest import DATA_DIR, manifest_rows
 
-import speech_diarization
-import vad
 from audio import load_audio
+from diarization import speech_detection
+from diarization.blocks import Piece, _Linker, diarize_speech, embedding_inference, map_back, plan_blocks
+from diarization.speech_detection import SpeechRegion, detect_speech
 from errors import AudioDecodeError
 from schemas import SpeakerSegment
-from speech_diarization import Piece, diarize_speech, map_back, plan_blocks
-from vad import SpeechRegion, detect_speech
 
 CALL = {row["id"]: row for row in manifest_rows("diarization")}["pyannote_sample"]  # 30 s, 2 speakers
 
@@ -47,7 +46,7 @@ def test_vad_skips_silence_and_finds_speech_after_it(call):
 
 def test_vad_blocks_give_the_regions_of_one_pass(call, monkeypatch):
     whole = detect_speech(call)
-    monkeypatch.setattr(vad, "BLOCK", 16000 * 7)  # four block boundaries inside the call
+    monkeypatch.setattr(speech_detection, "BLOCK", 16000 * 7)  # four block boundaries inside the call
     blocked = detect_speech(call)
     speech = lambda regions: sum(r.end - r.start for r in regions)  # noqa: E731
     assert abs(speech(blocked) - speech(whole)) < 1.5
@@ -120,7 +119,7 @@ def test_linked_speakers_are_merged_down_to_the_requested_count():
     """Four block speakers, two of them one voice each: with a cap of 2 the closest are merged and
     every turn carries one of two names, in order of first speech."""
     voices = {"a": np.array([1.0, 0.0, 0.0]), "b": np.array([0.0, 1.0, 0.0]), "a2": np.array([0.95, 0.05, 0.0]), "b2": np.array([0.1, 0.9, 0.4])}
-    linker = speech_diarization._Linker(embed=lambda _: None, cap=2)
+    linker = _Linker(embed=lambda _: None, cap=2)
     for name, vector in voices.items():
         linker.centroids.append(vector / np.linalg.norm(vector))
         linker.weights.append(10.0)
@@ -138,8 +137,8 @@ def test_one_hertz_wav_is_refused_at_once(handler):
 
 
 def test_embedding_model_is_loaded_once(diarizing_handler):
-    first = speech_diarization.embedding_inference(diarizing_handler.diarizer)
-    assert speech_diarization.embedding_inference(diarizing_handler.diarizer) is first
+    first = embedding_inference(diarizing_handler.diarizer)
+    assert embedding_inference(diarizing_handler.diarizer) is first
 
 
 # --- long audio transcribed in sections -------------------------------------------------------------------
@@ -257,13 +256,13 @@ def test_a_long_clip_is_embedded_block_by_block_like_a_whole_pass(diarizing_hand
     the next; the embedding is that of one pass over the clip."""
     import torch
 
-    import speaker_embedding
+    from diarization import embedding as campplus
 
-    model = speech_diarization.embedding_inference(diarizing_handler.diarizer).model
+    model = embedding_inference(diarizing_handler.diarizer).model
     clip = torch.from_numpy(np.concatenate([call, call, call])).reshape(1, 1, -1)  # 90 s
     assert clip.shape[-1] > model.BLOCK_SECONDS * 16000
     releases: list[bool] = []
-    monkeypatch.setattr(speaker_embedding, "release_freed_memory", lambda collect_cycles=True: releases.append(collect_cycles))
+    monkeypatch.setattr(campplus, "release_freed_memory", lambda collect_cycles=True: releases.append(collect_cycles))
     with torch.inference_mode():
         blocked = model(clip)[0]
     assert len(releases) >= 3 and not any(releases)  # after each 30 s block; no slow cycle collection

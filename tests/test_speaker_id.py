@@ -11,11 +11,11 @@ import pytest
 from speaker_clips import RATE, cut, item_samples, two_speaker_call, wav_b64
 
 from config import InferenceConfig
+from diarization.speaker_identification import match_speakers
+from diarization.voiceprints import Voiceprint, VoiceprintStore
 from diarization_utils import mark_overlaps
 from errors import InvalidParameters, InvalidSpeakerReference, ModelNotConfigured, SpeakerNotFound, VoiceprintMismatch
 from schemas import SpeakerSegment, SpeakerTurn
-from speaker_id import match_speakers
-from voiceprints import Voiceprint, VoiceprintStore
 
 
 @pytest.fixture(scope="module")

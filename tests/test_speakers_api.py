@@ -24,8 +24,8 @@ from openai.types.audio import TranscriptionDiarized
 from speaker_clips import RATE, data_url, two_speaker_call, wav_bytes
 
 from config import ServerSettings
+from diarization.voiceprints import VoiceprintStore
 from server import create_app
-from voiceprints import VoiceprintStore
 
 API_KEY = "speakers-key-41f2"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -11,10 +11,10 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from audio import TARGET_SAMPLING_RATE
+from diarization.voiceprints import EnrolledSpeaker
 from errors import UnsupportedMediaType
 from server.bodies import body_bytes, media_type, read_form, validated
 from server.dependencies import ServerState, get_state, ready_handler, require_api_key
-from voiceprints import EnrolledSpeaker
 
 router = APIRouter(prefix="/v1/speakers", tags=["speakers"], dependencies=[Depends(require_api_key)])
 

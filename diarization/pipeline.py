@@ -26,7 +26,7 @@ from pyannote.pipeline import Pipeline
 from pyannote.pipeline.parameter import Uniform
 from scipy.cluster.hierarchy import fcluster, linkage
 
-from speaker_embedding import CAMPPlus
+from diarization.embedding import CAMPPlus
 
 
 # Tuned on the dev diarization items by scripts/tune_diarization.py on the endpoint's path (VAD speech

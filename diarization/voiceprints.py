@@ -1,7 +1,7 @@
 """Enrolled speakers' voiceprints, kept in SQLite (``VOICEPRINTS_DB``) across restarts.
 
 Each row holds a unit-length embedding and the id of the embedding model that made it
-(``speaker_id.model_fingerprint``): embeddings of different models live in different spaces, so a
+(``diarization.speaker_identification.model_fingerprint``): embeddings of different models live in different spaces, so a
 voiceprint is only ever used with the model that made it, and a mismatch is refused, never compared.
 The file is created on the first enrolment; one connection per call keeps the store safe to use
 from the server's worker threads.

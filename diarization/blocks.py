@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from audio import as_float32
+from diarization.speech_detection import SAMPLING_RATE, SpeechRegion
 from diarization_utils import Diarizer, annotation_to_segments
 from memory import release_freed_memory
 from schemas import SpeakerSegment
-from vad import SAMPLING_RATE, SpeechRegion
 
 BLOCK_S = 900.0  # seconds of speech per pyannote call: bounds its clustering's memory
 JOIN_GAP_S = 2.0  # regions closer than this are diarized with the pause between them
@@ -41,7 +41,7 @@ class Piece:
 
 def diarize_speech(diarizer: Diarizer, samples: np.ndarray, regions: Sequence[SpeechRegion], *, block_s: float = BLOCK_S, **constraints: int) -> list[SpeakerSegment]:
     """Speaker turns of ``samples`` (16 kHz), diarizing only inside ``regions`` (from
-    ``vad.detect_speech``). No speech: no turns, and no pyannote call."""
+    ``diarization.speech_detection.detect_speech``). No speech: no turns, and no pyannote call."""
     blocks = plan_blocks(regions, len(samples) / SAMPLING_RATE, block_s)
     if not blocks:
         return []

@@ -19,11 +19,11 @@ from scipy.optimize import linear_sum_assignment
 
 from audio import load_audio
 from config import MAX_REFERENCE_SECONDS, MIN_REFERENCE_SECONDS
+from diarization.blocks import centroid
+from diarization.speech_detection import SAMPLING_RATE, detect_speech
+from diarization.voiceprints import Voiceprint
 from errors import AudioTooLong, EndpointError, InvalidSpeakerReference
 from schemas import SpeakerMatch, SpeakerSegment
-from speech_diarization import centroid
-from vad import SAMPLING_RATE, detect_speech
-from voiceprints import Voiceprint
 
 # A reference must hold at least this much speech (Silero VAD): less gives an unreliable embedding.
 MIN_REFERENCE_SPEECH_SECONDS = 1.0
@@ -31,7 +31,7 @@ MIN_REFERENCE_SPEECH_SECONDS = 1.0
 
 class SpeakerEmbedder:
     """The diarization pipeline's embedding model (the CAM++ checkpoint its ``config.yaml`` names,
-    loaded once by ``speech_diarization.embedding_inference``), applied to whole clips: references,
+    loaded once by ``diarization.blocks.embedding_inference``), applied to whole clips: references,
     and each final speaker's own speech, so names and speakers are compared in one space."""
 
     def __init__(self, inference: Any):
@@ -50,7 +50,7 @@ class SpeakerEmbedder:
         return embedding / norm
 
     def speaker_centroids(self, samples: np.ndarray, turns: list[SpeakerSegment]) -> dict[str, np.ndarray]:
-        """Each diarized speaker's embedding, from their longest turns (``speech_diarization.centroid``)
+        """Each diarized speaker's embedding, from their longest turns (``diarization.blocks.centroid``)
         with overlapped speech cut out where enough clean speech remains: the other voice would pull
         the embedding towards it."""
         annotation = Annotation()
