@@ -6,7 +6,7 @@ decoder (``generate``), word alignment, the rest (Python: splitting, fallback ch
 cProfile with a process-CPU-time clock (all threads of the process, so CTranslate2's own threads
 count), run on the thread that decodes (our CTranslate2 engine decodes on a thread of its own).
 Stages are the cumulative time of the functions that do them; ``encode`` / ``generate`` /
-``detect_language`` / ``align`` are CTranslate2's. Profiling adds a little Python overhead to
+``detect_language`` / ``align`` are CTranslate2's (through our engine's wrappers for our systems). Profiling adds a little Python overhead to
 "other"; compare systems within one run.
 """
 
@@ -18,7 +18,6 @@ import json
 import pstats
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -26,27 +25,36 @@ sys.path.insert(0, str(REPO_DIR))
 
 from bench.__main__ import SYSTEMS, load_set  # noqa: E402
 
-# (stage, predicate on pstats' (file, line, function) key); the first match names a function's stage.
-STAGES: list[tuple[str, Callable[[tuple[str, int, str]], bool]]] = [
-    ("vad", lambda key: key[2] == "get_speech_timestamps"),
-    ("features", lambda key: key[2] == "__call__" and key[0].endswith("feature_extractor.py")),
-    ("encoder", lambda key: key[2] == "<built-in method ctranslate2._ext.encode>"),
-    ("language", lambda key: key[2] == "<built-in method ctranslate2._ext.detect_language>"),
-    ("decoder", lambda key: key[2] == "<built-in method ctranslate2._ext.generate>"),
-    ("align", lambda key: key[2] == "<built-in method ctranslate2._ext.align>"),
-]
+# (stage, CTranslate2 method): the model's stages are its encode / detect_language / generate / align.
+MODEL_STAGES = {"encoder": "encode", "language": "detect_language", "decoder": "generate", "align": "align"}
+# Our engine calls them through thin wrappers in asr/ctranslate2_engine.py; cProfile does not always
+# see the C method itself (ours calls Whisper.generate and it is not recorded), so for our engine
+# the wrapper's cumulative time is the stage, and for other systems the C method's.
+OUR_ENGINE = "ctranslate2_engine.py"
+
+
+def stage_of(key: tuple[str, int, str], ours: bool) -> str | None:
+    file, _, function = key
+    if function == "get_speech_timestamps":
+        return "vad"
+    if function == "__call__" and file.endswith("feature_extractor.py"):
+        return "features"
+    for stage, method in MODEL_STAGES.items():
+        if (ours and file.endswith(OUR_ENGINE) and function == method) or (not ours and function == f"<built-in method ctranslate2._ext.{method}>"):
+            return stage
+    return None
 
 
 def stage_seconds(stats: pstats.Stats) -> dict[str, float]:
     """Cumulative CPU seconds per stage (stages do not nest), the remainder as ``other``."""
     raw = stats.stats  # type: ignore[attr-defined]
     total = stats.total_tt  # type: ignore[attr-defined]
-    out = {name: 0.0 for name, _ in STAGES}
+    ours = any(key[0].endswith(OUR_ENGINE) for key in raw)
+    out = {name: 0.0 for name in ("vad", "features", *MODEL_STAGES)}
     for key, (_, _, _, cumulative, _) in raw.items():
-        for name, matches in STAGES:
-            if matches(key):
-                out[name] += cumulative
-                break
+        stage = stage_of(key, ours)
+        if stage:
+            out[stage] += cumulative
     out["other"] = total - sum(out.values())
     out["total"] = total
     return {name: round(value, 2) for name, value in out.items()}
