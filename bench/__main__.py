@@ -18,6 +18,7 @@ import gc
 import io
 import json
 import os
+import platform
 import statistics
 import sys
 import threading
@@ -35,6 +36,13 @@ from bench.data import manifest_rows  # noqa: E402
 
 BASE = REPO_DIR / "models" / "whisper-base"
 BASE_CT2 = REPO_DIR / "models" / "whisper-base-ct2"
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, so figures say which machine gave them."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor() or "unknown")
 
 
 def load_set(name: str) -> list[dict]:
@@ -250,7 +258,7 @@ def diarization_speed(rows: list[dict]) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print(f"\nload average at start {report['loadavg_start']}, at end {report['loadavg_end']}; {report['cpus']} CPUs")
+    print(f"\nload average at start {report['loadavg_start']}, at end {report['loadavg_end']}; {report['cpus']} CPUs ({report['cpu']})")
     sets = report["sets"]
     header = "| system | " + " | ".join(f"{s}: WER / x real time / RTF / CPU s / p50 / p95 s" for s in sets) + " | peak RSS MiB |"
     print(header)
@@ -274,7 +282,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(REPO_DIR / "bench" / "results.json"))
     args = parser.parse_args()
 
-    report: dict = {"loadavg_start": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(), "sets": args.sets.split(","), "systems": []}
+    report: dict = {"loadavg_start": [round(x, 2) for x in os.getloadavg()], "cpu": cpu_model(), "cpus": os.cpu_count(), "sets": args.sets.split(","), "systems": []}
     sets = {name: load_set(name) for name in report["sets"]}
     for name in args.systems.split(","):
         print(f"running {name} …", file=sys.stderr, flush=True)
