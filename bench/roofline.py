@@ -8,12 +8,15 @@
 2. Counts the GEMM FLOPs (a multiply-add is 2) from the checkpoint's dimensions: the linear layers,
    which CTranslate2 runs in int8, apart from the attention products (scores and values), which it
    runs in float32.
-3. Measures this CPU's GEMM rates on the same shapes with the same thread count: int8 with torch's
+3. Measures this CPU's GEMM rates (best of five trials) on the same shapes with the same thread count: int8 with torch's
    dynamically quantized ``Linear`` (fbgemm, activations quantized on the fly as CTranslate2 does) on
    the encoder's MLP shape, float32 with ``torch.bmm`` on the attention-score shape. Also prints the
    AVX-512 VNNI peak from the clock (2 ports x 64 int8 multiply-adds per cycle per core).
 4. The ratio: the time those FLOPs would take at the measured rates over the CPU seconds the run took.
-5. The batching ceiling: the short set's files decoded as one batch of ``--batch`` requests (what the
+5. The encoder's cost per window against the window's width (10, 15, 30 s of log-Mel frames), one
+   window per call and four: attention over the window's positions makes it superlinear, which is
+   why trimmed windows pay, and batching windows costs more per window on CPU.
+6. The batching ceiling: the short set's files decoded as one batch of ``--batch`` requests (what the
    server's micro-batching does with that many concurrent clients) against one at a time, in CPU
    seconds per audio second.
 """
@@ -85,12 +88,17 @@ def gemm_flops(work: Work, config: dict) -> dict[str, float]:
     return {"int8_linear": linear, "float32_attention": attention}
 
 
-def cpu_rate(run, flops: float, repeats: int) -> float:
+def cpu_rate(run, flops: float, repeats: int, trials: int = 5) -> float:
+    """FLOPs per CPU second of ``run``, the best of ``trials``: the rate this CPU can reach (on a
+    shared machine single trials came out up to 2x lower)."""
     run()  # warm-up
-    started = time.process_time()
-    for _ in range(repeats):
-        run()
-    return flops * repeats / (time.process_time() - started)
+    rates = []
+    for _ in range(trials):
+        started = time.process_time()
+        for _ in range(repeats):
+            run()
+        rates.append(flops * repeats / (time.process_time() - started))
+    return max(rates)
 
 
 def measured_rates(config: dict, threads: int) -> dict[str, float]:
@@ -110,6 +118,23 @@ def measured_rates(config: dict, threads: int) -> dict[str, float]:
     return {"int8": int8, "float32": float32}
 
 
+def encoder_cost_by_width(encode, n_mels: int, widths: tuple[int, ...] = (1000, 1500, 3000), batch: int = 1, repeats: int = 3) -> dict[int, float]:
+    """CPU seconds per encoder window, by width in log-Mel frames, ``batch`` windows per call
+    (random features: the cost does not depend on the content)."""
+    import numpy as np
+
+    features = np.random.default_rng(0).standard_normal((batch, n_mels, max(widths))).astype(np.float32)
+    costs = {}
+    for width in widths:
+        windows = np.ascontiguousarray(features[..., :width])
+        encode(windows)  # warm-up
+        started = time.process_time()
+        for _ in range(repeats):
+            encode(windows)
+        costs[width] = (time.process_time() - started) / repeats / batch
+    return costs
+
+
 def vnni_peak() -> float | None:
     """AVX-512 VNNI int8 peak per core from the clock /proc/cpuinfo reports: 2 FMA ports x 64
     multiply-adds per cycle."""
@@ -123,7 +148,7 @@ def vnni_peak() -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", default="asr_short,asr_long")
+    parser.add_argument("--sets", default="asr_short,asr_long", help="'' for the GEMM rates and encoder costs only")
     parser.add_argument("--threads", type=int, default=2, help="CTranslate2 and torch threads")
     parser.add_argument("--batch", type=int, default=8, help="requests per batch for the batching ceiling")
     parser.add_argument("--out", type=Path)
@@ -141,7 +166,16 @@ def main() -> None:
     report: dict = {"cpu": cpu, "threads": args.threads, "int8_gemm_flops_per_cpu_s": rates["int8"], "float32_gemm_flops_per_cpu_s": rates["float32"], "vnni_peak_flops_per_core_s": vnni_peak(), "sets": {}}
     print(f"{cpu}, {args.threads} threads: measured int8 GEMM {rates['int8'] / 1e9:.0f} GFLOP per CPU s, float32 {rates['float32'] / 1e9:.0f}; VNNI peak {(report['vnni_peak_flops_per_core_s'] or 0) / 1e9:.0f} GFLOP/s per core")
 
-    for name in args.sets.split(","):
+    # CTranslate2's own encode: the engine's wrapper encodes a batch one window at a time on CPU.
+    report["encoder_cpu_s_per_window"] = {}
+    for batch in (1, 4):
+        widths = encoder_cost_by_width(transcriber.model.encode, transcriber.n_mels, batch=batch)
+        report["encoder_cpu_s_per_window"][f"batch {batch}"] = {f"{frames // 100} s": cost for frames, cost in widths.items()}
+        print(f"encoder CPU s per window, batches of {batch}: " + ", ".join(f"{frames // 100} s {cost:.3f}" for frames, cost in widths.items()))
+
+    from asr.pipeline import speech_chunks
+
+    for name in filter(None, args.sets.split(",")):
         rows = load_set(name)
         transcriber.transcribe(rows[0]["samples"][: 16000 * 5], request)  # warm-up
         work = count_work(transcriber)
@@ -153,7 +187,10 @@ def main() -> None:
         audio = sum(len(row["samples"]) for row in rows) / 16000
         flops = gemm_flops(work, config)
         ideal = flops["int8_linear"] / rates["int8"] + flops["float32_attention"] / rates["float32"]
-        entry = {"audio_s": audio, "cpu_s": cpu, "windows": len(work.frames), "decoder_positions": work.tokens, **{f"{k}_flops_per_audio_s": v / audio for k, v in flops.items()}, "cpu_s_at_measured_gemm_rates": ideal, "gemm_time_share": ideal / cpu}
+        # Windows beyond the speech chunks are seek-on remainders: the model stopped at a timestamp
+        # before the chunk's end and the rest was decoded again in a window of its own.
+        chunks = sum(len(speech_chunks(row["samples"], request.chunk_length_s)[1]) for row in rows)
+        entry = {"audio_s": audio, "cpu_s": cpu, "windows": len(work.frames), "speech_chunks": chunks, "decoder_positions": work.tokens, **{f"{k}_flops_per_audio_s": v / audio for k, v in flops.items()}, "cpu_s_at_measured_gemm_rates": ideal, "gemm_time_share": ideal / cpu}
         if name == "asr_short":
             batch = rows[: args.batch]
             batch_audio = sum(len(row["samples"]) for row in batch) / 16000
@@ -166,7 +203,7 @@ def main() -> None:
             batched = time.process_time() - started
             entry["ceiling"] = {"files": len(batch), "audio_s": batch_audio, "cpu_s_per_audio_s_one_by_one": one_by_one / batch_audio, "cpu_s_per_audio_s_batched": batched / batch_audio}
         report["sets"][name] = entry
-        print(f"{name}: {audio:.0f} s of audio, {cpu:.1f} CPU s, {len(work.frames)} encoder windows, {work.tokens} decoder positions; "
+        print(f"{name}: {audio:.0f} s of audio, {cpu:.1f} CPU s, {len(work.frames)} encoder windows for {chunks} speech chunks, {work.tokens} decoder positions; "
               f"GEMM FLOPs per audio s: int8 {flops['int8_linear'] / audio / 1e9:.1f} G, float32 attention {flops['float32_attention'] / audio / 1e9:.1f} G; "
               f"at the measured GEMM rates {ideal:.1f} CPU s: {100 * ideal / cpu:.0f} % of the run")
         if "ceiling" in entry:

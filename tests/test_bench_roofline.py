@@ -10,7 +10,7 @@ import torch
 from conftest import REPO_DIR
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.roofline import Work, count_work, gemm_flops
+from bench.roofline import Work, count_work, encoder_cost_by_width, gemm_flops
 
 BASE = REPO_DIR / "models" / "whisper-base"
 
@@ -59,3 +59,7 @@ def test_work_is_counted_on_a_real_transcription(jfk_flac):
     assert work.frames == [3000] and len(work.cross_tokens) >= 1
     assert len(transcript.text.split()) + 3 < work.tokens < 120
     assert work.self_context > work.tokens
+
+    # the encoder's cost per window grows with its width (about 8x from 10 s to 30 s on CPU)
+    costs = encoder_cost_by_width(transcriber.model.encode, transcriber.n_mels, widths=(1000, 3000), batch=2, repeats=1)
+    assert 0 < costs[1000] < costs[3000]
