@@ -53,7 +53,7 @@ class ModelSettings(BaseSettings):
     cpu_threads: int | None = Field(None, ge=1, description="CTranslate2 intra-op threads (default: torch_threads, else the CPU count).")
     voiceprints_db: str = Field("voiceprints.sqlite3", description="SQLite file of enrolled speakers' voiceprints (relative paths: to the repository directory).")
     speaker_match_threshold: float = Field(DEFAULT_SPEAKER_MATCH_THRESHOLD, ge=-1, le=1, description="Cosine similarity at which a known speaker's reference names a diarized speaker.")
-    trim_encoder_window: bool = Field(False, description="CTranslate2: encode short chunks in a trimmed window (chunk + 5 s, at least 10 s) instead of Whisper's full 30 s, checked and redone in full on failure; faster on short clips on CPU. Off by default: Whisper was trained on full windows, and the raw text changes (punctuation) on some clips (docs/decoding.md).")
+    trim_encoder_window: bool = Field(False, description="CTranslate2: encode short chunks, and on any audio the rest of a window Whisper stopped early in (seek-on remainders), in a trimmed window (chunk + 5 s, at least 10 s) instead of Whisper's full 30 s, checked and redone in full on failure; faster on short clips on CPU. Off by default: Whisper was trained on full windows, and the raw text changes (punctuation) on some clips (docs/decoding.md).")
 
     @field_validator("assistant_model", "diarization_model", "hf_token", "device", "dtype", "ct2_model", mode="before")
     @classmethod
@@ -129,7 +129,7 @@ class InferenceConfig(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=1.0, description="0 decodes deterministically; > 0 samples.")
     num_beams: int | None = Field(None, ge=1, le=10, description="Beam width; default 1: greedy with openai-whisper's temperature fallback, on both engines.")
     prompt: str | None = Field(None, max_length=2000, description="Text that conditions the decoder (style, spelling).")
-    trim_encoder_window: bool | None = Field(None, description="CTranslate2: encode short audio in a trimmed window (see TRIM_ENCODER_WINDOW, checked and redone in full on failure); None: the deployment's TRIM_ENCODER_WINDOW. Live sessions (/v1/realtime) use true: their turns are short and wait for it.")
+    trim_encoder_window: bool | None = Field(None, description="CTranslate2: encode short audio and seek-on remainders in trimmed windows (see TRIM_ENCODER_WINDOW, checked and redone in full on failure); None: the deployment's TRIM_ENCODER_WINDOW. Live sessions (/v1/realtime) use true: their turns are short and wait for it.")
     known_speakers: dict[str, str | bytes] | list[str] | None = Field(
         None,
         description=f"Name diarized speakers: {{name: <base64 or data-URL audio, {MIN_REFERENCE_SECONDS:g}-{MAX_REFERENCE_SECONDS:g} s of that person>}}, or the names of enrolled voiceprints; up to {MAX_KNOWN_SPEAKERS}.",

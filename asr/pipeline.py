@@ -213,7 +213,8 @@ class DecodingPipeline:
             clips, chunks, metadata = speech_chunks(request.samples, config.chunk_length_s)
             speech.append(clips)
             # Trimmed windows only for audio whose speech fits one window (measured: on long audio
-            # they cost WER, 0.110 -> 0.116 on the dev sonnets, for little speed).
+            # they cost WER, 0.110 -> 0.116 on the dev sonnets, for little speed), and for seek-on
+            # remainders, which are shorter than a window by construction (below).
             rows += [_Row(r, meta["offset"], meta["duration"], *self.log_mel(chunk), full_window=len(chunks) > 1) for chunk, meta in zip(chunks, metadata)]
         languages: list[str | None] = [request.config.language if self.multilingual else "en" for request in requests]
         hf_tokenizer = self.hf_tokenizer()
@@ -265,7 +266,7 @@ class DecodingPipeline:
                     # window to go on from there (openai-whisper's seek loop): decode that rest too,
                     # unless it is under a second (too short to hold a word; decoding it loops).
                     if 0 < seek and size - seek > FRAMES_PER_SECOND:
-                        remainders.append(row._replace(offset=row.offset + seek / FRAMES_PER_SECOND, duration=row.duration - seek / FRAMES_PER_SECOND, features=row.features[:, seek:], frames=row.frames - seek))
+                        remainders.append(row._replace(offset=row.offset + seek / FRAMES_PER_SECOND, duration=row.duration - seek / FRAMES_PER_SECOND, features=row.features[:, seek:], frames=row.frames - seek, full_window=False))
                 else:
                     parts = [{"tokens": tokens, "start": row.offset, "end": row.offset + row.duration}]
                 parts = [dict(part, text=tokenizer.decode(part["tokens"]), seek=int(row.offset * FRAMES_PER_SECOND)) for part in parts if part["tokens"]]

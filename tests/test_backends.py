@@ -181,12 +181,60 @@ def test_trimmed_micro_batch_equals_one_at_a_time(trimmed_handler, audio_bytes):
     assert [t.model_dump(exclude={"timings"}) for t in together] == [a.model_dump(exclude={"timings"}) for a in alone]
 
 
-def test_trimmed_windows_leave_long_audio_and_untimed_requests_alone(trimmed_handler, ct2_handler, audio_bytes):
-    row = next(r for r in manifest_rows("asr_long") if r.get("text"))
-    samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples[: 16000 * 70]
-    assert trimmed_handler.transcribe(samples, InferenceConfig(sampling_rate=16000)).text == ct2_handler.transcribe(samples, InferenceConfig(sampling_rate=16000)).text
+def encoded_widths(handler: EndpointHandler, monkeypatch) -> list[int]:
+    """The encoder window widths (log-Mel frames) the handler's engine encodes from now on, in order."""
+    transcriber, widths = handler.transcriber, []
+    encode = transcriber.encode
+    monkeypatch.setattr(transcriber, "encode", lambda features: widths.extend([features.shape[-1]] * features.shape[0]) or encode(features))
+    return widths
+
+
+def test_trimmed_windows_leave_long_audios_chunks_and_untimed_requests_alone(trimmed_handler, ct2_handler, audio_bytes, monkeypatch):
+    from asr.pipeline import N_FRAMES, speech_chunks
+
+    row = next(r for r in manifest_rows("asr_long") if r.get("text"))  # the sonnets, 3 min
+    samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples
+    chunks = len(speech_chunks(samples, 30.0)[1])
+    widths = encoded_widths(trimmed_handler, monkeypatch)
+    trimmed = trimmed_handler.transcribe(samples, InferenceConfig(sampling_rate=16000)).text
+    # Several speech chunks: each in a full window (trimmed ones cost WER there); only seek-on
+    # remainders after them may be trimmed, and the WER stays within the stability spread.
+    assert chunks > 1 and widths[:chunks] == [N_FRAMES] * chunks, widths
+    full = ct2_handler.transcribe(samples, InferenceConfig(sampling_rate=16000)).text
+    assert corpus_wer([row["text"]], [trimmed]) <= corpus_wer([row["text"]], [full]) + STABILITY_SPREAD, (trimmed, full)
     plain = InferenceConfig(timestamps="none")  # nothing to check a trimmed window's result against
     assert trimmed_handler.transcribe(audio_bytes[0], plain).text == ct2_handler.transcribe(audio_bytes[0], plain).text
+
+
+def test_seek_on_remainders_are_trimmed_only_when_trimming_is_on(trimmed_handler, ct2_handler, monkeypatch):
+    """Long audio (several speech chunks, each in a full window): a seek-on remainder is shorter than
+    a window by construction, so with trimming on it gets a trimmed window (checked like any other),
+    with it off a full one. The model is made to stop 20 s into the first chunk."""
+    from asr.pipeline import N_FRAMES, speech_chunks
+
+    row = next(r for r in manifest_rows("asr_long") if r.get("text"))
+    samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples[: 16000 * 70]
+    chunks = len(speech_chunks(samples, 30.0)[1])
+    widths = {}
+    for name, handler in (("trimmed", trimmed_handler), ("full", ct2_handler)):
+        steps = handler.transcriber.steps
+        split, calls = steps.split_segments, []
+
+        def stop_at_20s(tokenizer, tokens, *, time_offset, segment_size, segment_duration, split=split, calls=calls):
+            parts, seek = split(tokenizer, tokens, time_offset=time_offset, segment_size=segment_size, segment_duration=segment_duration)
+            calls.append(seek)
+            if len(calls) == 1:  # the first window: keep what ends by 20 s, go on from there
+                return [part for part in parts if part["end"] - time_offset <= 20.0], 2000
+            return parts, seek
+
+        monkeypatch.setattr(steps, "split_segments", stop_at_20s)
+        widths[name] = encoded_widths(handler, monkeypatch)
+        handler.transcribe(samples, InferenceConfig(sampling_rate=16000))
+        monkeypatch.undo()
+    assert chunks > 1 and widths["trimmed"][:chunks] == widths["full"][:chunks] == [N_FRAMES] * chunks, widths
+    assert set(widths["full"]) == {N_FRAMES}, widths
+    # the forced remainder (the chunk's last ~10 s) is the next window, trimmed
+    assert len(widths["trimmed"]) > chunks and widths["trimmed"][chunks] < N_FRAMES, widths
 
 
 @pytest.mark.parametrize("timestamps", ["segment", "word"])
