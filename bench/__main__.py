@@ -38,10 +38,17 @@ BASE = REPO_DIR / "models" / "whisper-base"
 BASE_CT2 = REPO_DIR / "models" / "whisper-base-ct2"
 
 
+def cpuinfo() -> str:
+    """/proc/cpuinfo's text ("" where there is none: not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_model() -> str:
     """The CPU's marketing name, so figures say which machine gave them."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    lines = cpuinfo().splitlines()
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor() or "unknown")
 
 

@@ -6,8 +6,8 @@ decoder (``generate``), word alignment, the rest (Python: splitting, fallback ch
 cProfile with a process-CPU-time clock (all threads of the process, so CTranslate2's own threads
 count), run on the thread that decodes (our CTranslate2 engine decodes on a thread of its own).
 Stages are the cumulative time of the functions that do them; ``encode`` / ``generate`` /
-``detect_language`` / ``align`` are CTranslate2's (through our engine's wrappers for our systems). Profiling adds a little Python overhead to
-"other"; compare systems within one run.
+``detect_language`` / ``align`` are CTranslate2's (through our engine's wrappers for our systems).
+Profiling adds a little Python overhead to "other"; compare systems within one run.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from pathlib import Path
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
 
-from bench.__main__ import BASE, cpu_model, load_set  # noqa: E402
+from bench.__main__ import BASE, cpu_model, cpuinfo, load_set  # noqa: E402
 
 
 @dataclass
@@ -138,10 +138,7 @@ def encoder_cost_by_width(encode, n_mels: int, widths: tuple[int, ...] = (1000, 
 def vnni_peak() -> float | None:
     """AVX-512 VNNI int8 peak per core from the clock /proc/cpuinfo reports: 2 FMA ports x 64
     multiply-adds per cycle."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
+    text = cpuinfo()
     mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", text)
     return float(mhz.group(1)) * 1e6 * 2 * 64 * 2 if mhz and "avx512_vnni" in text else None
 

@@ -43,6 +43,13 @@ def audio_bytes() -> list[bytes]:
     return [open(row["audio"], "rb").read() for row in ITEMS]
 
 
+@pytest.fixture(scope="module")
+def sonnets() -> tuple[dict, np.ndarray]:
+    """The dev long set's item with a reference (the sonnets, 3 min) and its samples at 16 kHz."""
+    row = next(r for r in manifest_rows("asr_long") if r.get("text"))
+    return row, load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples
+
+
 def test_every_backend_gives_the_same_schema_and_close_wer(handler, ct2_handler, audio_bytes):
     outputs = {}
     for name, backend in (("transformers", handler), ("ctranslate2", ct2_handler)):
@@ -93,9 +100,8 @@ def test_micro_batch_keeps_each_failure_to_its_request(ct2_handler, audio_bytes)
     assert results[3].text == ct2_handler.transcribe(audio_bytes[2], InferenceConfig()).text
 
 
-def test_long_form_ct2_stitches_the_whole_recording(ct2_handler):
-    row = next(r for r in manifest_rows("asr_long") if r.get("text"))
-    samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples
+def test_long_form_ct2_stitches_the_whole_recording(ct2_handler, sonnets):
+    row, samples = sonnets
     delivered: list[list] = []
     response = ct2_handler.transcribe(samples, InferenceConfig(sampling_rate=16000), on_segments=delivered.append)
     assert corpus_wer([row["text"]], [response.text]) <= 0.2
@@ -106,9 +112,8 @@ def test_long_form_ct2_stitches_the_whole_recording(ct2_handler):
     assert [c for run in delivered for c in run] == response.chunks
 
 
-def test_cancelling_stops_decoding_at_the_next_window(ct2_handler):
-    row = next(r for r in manifest_rows("asr_long") if r.get("text"))
-    samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples[: 75 * 16000]
+def test_cancelling_stops_decoding_at_the_next_window(ct2_handler, sonnets):
+    samples = sonnets[1][: 75 * 16000]
     cancelled = threading.Event()
     delivered: list[list] = []
 
@@ -189,11 +194,10 @@ def encoded_widths(handler: EndpointHandler, monkeypatch) -> list[int]:
     return widths
 
 
-def test_trimmed_windows_leave_long_audios_chunks_and_untimed_requests_alone(trimmed_handler, ct2_handler, audio_bytes, monkeypatch):
+def test_trimmed_windows_leave_long_audios_chunks_and_untimed_requests_alone(trimmed_handler, ct2_handler, audio_bytes, sonnets, monkeypatch):
     from asr.pipeline import N_FRAMES, speech_chunks
 
-    row = next(r for r in manifest_rows("asr_long") if r.get("text"))  # the sonnets, 3 min
-    samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples
+    row, samples = sonnets
     chunks = len(speech_chunks(samples, 30.0)[1])
     widths = encoded_widths(trimmed_handler, monkeypatch)
     trimmed = trimmed_handler.transcribe(samples, InferenceConfig(sampling_rate=16000)).text
@@ -206,14 +210,13 @@ def test_trimmed_windows_leave_long_audios_chunks_and_untimed_requests_alone(tri
     assert trimmed_handler.transcribe(audio_bytes[0], plain).text == ct2_handler.transcribe(audio_bytes[0], plain).text
 
 
-def test_seek_on_remainders_are_trimmed_only_when_trimming_is_on(trimmed_handler, ct2_handler, monkeypatch):
+def test_seek_on_remainders_are_trimmed_only_when_trimming_is_on(trimmed_handler, ct2_handler, sonnets, monkeypatch):
     """Long audio (several speech chunks, each in a full window): a seek-on remainder is shorter than
     a window by construction, so with trimming on it gets a trimmed window (checked like any other),
     with it off a full one. The model is made to stop 20 s into the first chunk."""
     from asr.pipeline import N_FRAMES, speech_chunks
 
-    row = next(r for r in manifest_rows("asr_long") if r.get("text"))
-    samples = load_audio(open(row["audio"], "rb").read(), 16000, 1e9).samples[: 16000 * 70]
+    samples = sonnets[1][: 16000 * 70]
     chunks = len(speech_chunks(samples, 30.0)[1])
     widths = {}
     for name, handler in (("trimmed", trimmed_handler), ("full", ct2_handler)):
