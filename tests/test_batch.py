@@ -64,6 +64,21 @@ def read_rows(output: Path) -> list[dict]:
     return [row for path in sorted(output.glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
 
 
+def complete_rows(output: Path) -> int:
+    """Rows in the result files that read whole; a file still being written does not count. Reads
+    only (batch.results.finished_rows would remove a file the running job is still writing)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    count = 0
+    for path in output.glob("*.parquet"):
+        try:
+            count += pq.read_table(path).num_rows
+        except (OSError, ValueError, pa.ArrowException):
+            pass
+    return count
+
+
 @pytest.fixture(scope="module")
 def saved_dataset(manifest, tmp_path_factory) -> tuple[Path, list[str]]:
     """Three of the clips as an HF data set (``Audio`` feature, file bytes inside), saved to disk."""
@@ -84,7 +99,9 @@ def test_killed_job_resumes_without_redoing_items(manifest, saved_dataset, refer
     first = subprocess.Popen(batch_command([manifest], output, "--workers", "1", "--batch-size", "1", "--format", "parquet"), cwd=REPO_DIR, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
-    while not list(output.glob("*.parquet")) and first.poll() is None and time.monotonic() < deadline:
+    # Wait for a whole result file: killed right after one appears, it was sometimes still being
+    # written, and the resumed run rightly counted nothing done.
+    while not complete_rows(output) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert first.poll() is None, "the first run ended before any result was written"
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
