@@ -1,4 +1,4 @@
-"""bench.profile finds each stage's CPU seconds on real runs: our engine (which decodes on a thread
+"""bench.stage_profile finds each stage's CPU seconds on real runs: our engine (which decodes on a thread
 of its own) and faster-whisper's batched pipeline (which decodes on the caller's thread)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from audio import load_audio
-from bench.profile import profile_system
+from bench.stage_profile import profile_system
 
 
 @pytest.mark.parametrize("system", ["ours-ct2-int8", "fw-int8-batched8"])

@@ -1,7 +1,7 @@
 """Where a system's CPU seconds go, per stage: VAD, log-Mel features, encoder, language detection,
 decoder (``generate``), word alignment, the rest (Python: splitting, fallback checks, shaping).
 
-    python -m bench.profile [--systems ours-ct2-int8,fw-int8-batched8] [--sets asr_short,asr_long]
+    python -m bench.stage_profile [--systems ours-ct2-int8,fw-int8-batched8] [--sets asr_short,asr_long]
 
 cProfile with a process-CPU-time clock (all threads of the process, so CTranslate2's own threads
 count), run on the thread that decodes (our CTranslate2 engine decodes on a thread of its own).
