@@ -28,6 +28,7 @@ SAMPLING_RATE = 16000
 GATE_PEAK = 1e-3  # -60 dBFS: quieter than any recording's noise floor, so only true silence is skipped
 GATE_FRAME = SAMPLING_RATE // 2
 BLOCK = 300 * SAMPLING_RATE  # samples per VAD call
+MIN_SILENCE_MS = 160  # a shorter pause does not end a speech region (Silero's rule, faster-whisper's batched default)
 
 
 class SpeechRegion(NamedTuple):
@@ -35,7 +36,7 @@ class SpeechRegion(NamedTuple):
     end: float
 
 
-def detect_speech(samples: np.ndarray, *, max_speech_s: float = float("inf"), min_silence_ms: int = 160, threshold: float = 0.5, pad_ms: int = 400) -> list[SpeechRegion]:
+def detect_speech(samples: np.ndarray, *, max_speech_s: float = float("inf"), min_silence_ms: int = MIN_SILENCE_MS, threshold: float = 0.5, pad_ms: int = 400) -> list[SpeechRegion]:
     """Regions of speech in 16 kHz mono ``samples`` (float32 or int16, as ``audio.Audio`` holds them), each at most ``max_speech_s`` long."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
@@ -57,11 +58,14 @@ def detect_speech(samples: np.ndarray, *, max_speech_s: float = float("inf"), mi
 
 def diarization_speech(diarizer: "Diarizer", samples: np.ndarray, regions: Sequence[SpeechRegion]) -> list[SpeechRegion]:
     """The union of ``regions`` (``detect_speech``'s) and the speech the diarization pipeline's
-    segmentation model hears in the audible blocks of ``samples``, sorted and disjoint."""
+    segmentation model hears in the audible blocks of ``samples``, sorted and disjoint. A gap shorter
+    than ``MIN_SILENCE_MS`` is speech, as it is inside one detector's regions: where one detector's
+    region ends just before the other's begins, the pause between them is not cut out of the audio
+    diarization hears (a splice inside a word)."""
     spans = sorted([(r.start, r.end) for r in regions] + [(start / SAMPLING_RATE + s, start / SAMPLING_RATE + e) for start, end in _blocks(samples) for s, e in diarizer.speech_activity(as_float32(samples[start:end]))])
     joined: list[SpeechRegion] = []
     for span_start, span_end in spans:
-        if joined and span_start <= joined[-1].end:
+        if joined and span_start - joined[-1].end < MIN_SILENCE_MS / 1000:
             joined[-1] = SpeechRegion(joined[-1].start, max(joined[-1].end, span_end))
         else:
             joined.append(SpeechRegion(span_start, span_end))
