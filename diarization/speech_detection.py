@@ -80,6 +80,9 @@ def _blocks(samples: np.ndarray) -> Iterator[tuple[int, int]]:
 
 
 def _audible_spans(samples: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(start, end) sample spans around the frames at or above ``GATE_PEAK``, padded by one quiet
+    frame before and after; spans whose padding would meet are one span (a model restarted at a
+    cut inside speech loses its context there)."""
     span_start = None
     last_loud = None
     for frame_start in range(0, len(samples), BLOCK):
@@ -90,7 +93,8 @@ def _audible_spans(samples: np.ndarray) -> Iterator[tuple[int, int]]:
             peaks = np.append(peaks, np.abs(block[frames:]).max())
         for i in np.flatnonzero(peaks >= GATE_PEAK):
             position = frame_start + int(i) * GATE_FRAME
-            if span_start is not None and position - last_loud > 2 * GATE_FRAME:
+            # the last span ends a frame after its last loud frame; this one starts a frame before
+            if span_start is not None and position - GATE_FRAME > last_loud + 2 * GATE_FRAME:
                 yield max(0, span_start - GATE_FRAME), min(len(samples), last_loud + 2 * GATE_FRAME)
                 span_start = None
             if span_start is None:
