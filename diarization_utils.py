@@ -22,7 +22,7 @@ import numpy as np
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 import torch  # noqa: E402
-from pyannote.audio import Pipeline  # noqa: E402
+from pyannote.audio import Model, Pipeline  # noqa: E402
 from pyannote.core import Annotation  # noqa: E402
 
 from config import ModelSettings, locate_model  # noqa: E402
@@ -108,15 +108,20 @@ class Diarizer:
     def _speech_activity_pipeline(self) -> Pipeline:
         with self._speech_activity_lock:
             if self._speech_activity is None:
-                from pyannote.audio import Model
                 from pyannote.audio.pipelines import VoiceActivityDetection
 
-                spec = self.pipeline.segmentation_model
-                model = Model.from_pretrained(**spec) if isinstance(spec, dict) else Model.from_pretrained(spec)
+                model = segmentation_checkpoint(self.pipeline)
                 detector = VoiceActivityDetection(segmentation=model, step=SPEECH_ACTIVITY_STEP * model.specifications.duration, batch_size=self.pipeline.segmentation_batch_size)
                 detector.to(getattr(self.pipeline, "device", None) or torch.device("cpu"))
                 self._speech_activity = detector.instantiate({"min_duration_on": MIN_SPEECH_S, "min_duration_off": 0.0})
             return self._speech_activity
+
+
+def segmentation_checkpoint(pipeline: Pipeline) -> Model:
+    """The diarization pipeline's segmentation model, loaded anew through pyannote's public
+    ``Model.from_pretrained`` from the spec the pipeline was built with (a path, a hub id or a dict)."""
+    spec = pipeline.segmentation_model
+    return Model.from_pretrained(**spec) if isinstance(spec, dict) else Model.from_pretrained(spec)
 
 
 def _release_after_each_step(step: str, artifact: object, file: object = None, total: int | None = None, completed: int | None = None) -> None:

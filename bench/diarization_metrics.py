@@ -118,12 +118,11 @@ def speech_detection_errors(item, regions) -> tuple[float, float]:
 def stock_speech_activity(pipeline):
     """pyannote's ``VoiceActivityDetection`` over the pipeline's segmentation checkpoint with
     pyannote's own defaults (windows every tenth of their length, no region filtering)."""
-    from pyannote.audio import Model
     from pyannote.audio.pipelines import VoiceActivityDetection
 
-    spec = pipeline.segmentation_model
-    model = Model.from_pretrained(**spec) if isinstance(spec, dict) else Model.from_pretrained(spec)
-    detector = VoiceActivityDetection(segmentation=model).instantiate({"min_duration_on": 0.0, "min_duration_off": 0.0})
+    from diarization_utils import segmentation_checkpoint
+
+    detector = VoiceActivityDetection(segmentation=segmentation_checkpoint(pipeline)).instantiate({"min_duration_on": 0.0, "min_duration_off": 0.0})
     return lambda item: [(s.start, s.end) for s in detector(item.file()).get_timeline().support()]
 
 

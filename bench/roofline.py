@@ -179,7 +179,7 @@ def main() -> None:
         started = time.process_time()
         for row in rows:
             transcriber.transcribe(row["samples"], request)
-        cpu = time.process_time() - started
+        cpu_s = time.process_time() - started
         del transcriber.encode, transcriber.generate  # back to the class's methods
         audio = sum(len(row["samples"]) for row in rows) / 16000
         flops = gemm_flops(work, config)
@@ -187,7 +187,7 @@ def main() -> None:
         # Windows beyond the speech chunks are seek-on remainders: the model stopped at a timestamp
         # before the chunk's end and the rest was decoded again in a window of its own.
         chunks = sum(len(speech_chunks(row["samples"], request.chunk_length_s)[1]) for row in rows)
-        entry = {"audio_s": audio, "cpu_s": cpu, "windows": len(work.frames), "speech_chunks": chunks, "decoder_positions": work.tokens, **{f"{k}_flops_per_audio_s": v / audio for k, v in flops.items()}, "cpu_s_at_measured_gemm_rates": ideal, "gemm_time_share": ideal / cpu}
+        entry = {"audio_s": audio, "cpu_s": cpu_s, "windows": len(work.frames), "speech_chunks": chunks, "decoder_positions": work.tokens, **{f"{k}_flops_per_audio_s": v / audio for k, v in flops.items()}, "cpu_s_at_measured_gemm_rates": ideal, "gemm_time_share": ideal / cpu_s}
         if name == "asr_short":
             batch = rows[: args.batch]
             batch_audio = sum(len(row["samples"]) for row in batch) / 16000
@@ -200,9 +200,9 @@ def main() -> None:
             batched = time.process_time() - started
             entry["ceiling"] = {"files": len(batch), "audio_s": batch_audio, "cpu_s_per_audio_s_one_by_one": one_by_one / batch_audio, "cpu_s_per_audio_s_batched": batched / batch_audio}
         report["sets"][name] = entry
-        print(f"{name}: {audio:.0f} s of audio, {cpu:.1f} CPU s, {len(work.frames)} encoder windows for {chunks} speech chunks, {work.tokens} decoder positions; "
+        print(f"{name}: {audio:.0f} s of audio, {cpu_s:.1f} CPU s, {len(work.frames)} encoder windows for {chunks} speech chunks, {work.tokens} decoder positions; "
               f"GEMM FLOPs per audio s: int8 {flops['int8_linear'] / audio / 1e9:.1f} G, float32 attention {flops['float32_attention'] / audio / 1e9:.1f} G; "
-              f"at the measured GEMM rates {ideal:.1f} CPU s: {100 * ideal / cpu:.0f} % of the run")
+              f"at the measured GEMM rates {ideal:.1f} CPU s: {100 * ideal / cpu_s:.0f} % of the run")
         if "ceiling" in entry:
             c = entry["ceiling"]
             print(f"  batching ceiling ({c['files']} files, {c['audio_s']:.0f} s): {c['cpu_s_per_audio_s_one_by_one']:.3f} CPU s per audio s one at a time, {c['cpu_s_per_audio_s_batched']:.3f} in one batch")

@@ -3,11 +3,9 @@ so a file there named like a standard-library module replaces it for every impor
 ``bench/profile.py`` broke ``import cProfile`` inside torch for every bench script."""
 
 import sys
-from pathlib import Path
 
 import pytest
-
-REPO_DIR = Path(__file__).resolve().parent.parent
+from conftest import REPO_DIR
 
 
 @pytest.mark.parametrize("folder", ["bench", "scripts", "."])
